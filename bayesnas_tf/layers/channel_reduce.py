@@ -1,0 +1,87 @@
+"""`ChannelReduce`: the official CReduct cell-input preprocessor (ALGORITHM.md 1.3).
+
+[size reduction] -> BN(Cin) -> ReLU -> 1x1 conv Cin -> Cout.
+
+The size reduction halves the spatial size of the k-2 input of a cell that
+follows a reduction cell. Two variants with equal parameter counts exist in
+the released networks (ALGORITHM.md 5.1): `conv`, one 1x1 stride-2 conv
+Cin -> Cin; and `factorized`, two 1x1 stride-2 convs Cin -> Cin/2, the second
+on the input shifted by one pixel, concatenated.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from bayesnas_tf import ops
+
+SIZE_REDUCTIONS = ("none", "conv", "factorized")
+
+
+@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+class ChannelReduce(keras.layers.Layer):
+  """Args:
+    channels: output channels.
+    size_reduct: "none", "conv" or "factorized".
+  """
+
+  def __init__(self, channels: int, size_reduct: str = "none", **kwargs):
+    super().__init__(**kwargs)
+    if not isinstance(channels, int) or channels <= 0:
+      raise ValueError(
+          f"`channels` must be a positive integer. Received: channels={channels!r}.")
+    if size_reduct not in SIZE_REDUCTIONS:
+      raise ValueError(
+          f"`size_reduct` must be one of {SIZE_REDUCTIONS}. "
+          f"Received: size_reduct={size_reduct!r}.")
+    self.channels = channels
+    self.size_reduct = size_reduct
+    self.bn = ops.batch_norm("bn")
+    self.relu = keras.layers.ReLU(name="relu")
+    self.conv = ops.conv1x1(channels, 1, "conv")
+    self.reduce_convs = []
+
+  def build(self, input_shape):
+    in_channels = input_shape[-1]
+    if self.size_reduct == "conv":
+      self.reduce_convs = [ops.conv1x1(in_channels, 2, "size_reduct")]
+    elif self.size_reduct == "factorized":
+      if in_channels % 2:
+        raise ValueError(
+            "factorized size reduction needs an even number of input "
+            f"channels. Received: input_shape={tuple(input_shape)}.")
+      self.reduce_convs = [ops.conv1x1(in_channels // 2, 2, f"size_reduct{i}")
+                           for i in (1, 2)]
+    for conv in self.reduce_convs:
+      conv.build(input_shape)
+    reduced = self._reduced_shape(input_shape)
+    ops.build_sequence([self.bn, self.relu, self.conv], reduced)
+    self.built = True
+
+  def _reduced_shape(self, input_shape):
+    if self.size_reduct == "none":
+      return tuple(input_shape)
+    batch, height, width, channels = input_shape
+    return (batch, ops.strided_size(height, 2), ops.strided_size(width, 2),
+            channels)
+
+  def call(self, inputs, training=None):
+    x = inputs
+    if self.size_reduct == "conv":
+      x = self.reduce_convs[0](x)
+    elif self.size_reduct == "factorized":
+      # Shift by one pixel; the zero row/column at the far edge is never
+      # sampled for even sizes and keeps both halves the same size for odd.
+      shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
+      x = tf.concat([self.reduce_convs[0](x), self.reduce_convs[1](shifted)],
+                    axis=-1)
+    return self.conv(self.relu(self.bn(x, training=training)))
+
+  def compute_output_shape(self, input_shape):
+    return self._reduced_shape(input_shape)[:-1] + (self.channels,)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({"channels": self.channels, "size_reduct": self.size_reduct})
+    return config

@@ -1,0 +1,69 @@
+"""`MixedOp`: every primitive on one edge, weighted and summed (paper eq. 1)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from bayesnas_tf import ops
+
+
+@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+class MixedOp(keras.layers.Layer):
+  """y = sum_o weights[o] * op_o(x) over the active primitives.
+
+  Args:
+    channels: input = output channels of the edge.
+    stride: 1, or 2 for edges leaving a cell input of a reduction cell.
+    primitives: op names from `ops.OPS`, in gate order.
+  """
+
+  def __init__(self, channels: int, stride: int = 1,
+               primitives: Sequence[str] = ops.PRIMITIVES, **kwargs):
+    super().__init__(**kwargs)
+    self.primitives = ops.check_primitives(primitives)
+    self.channels = channels
+    self.stride = stride
+    self.candidate_ops = [
+        ops.make_op(name, channels, stride, name=name)
+        for name in self.primitives]
+
+  def build(self, input_shape):
+    for op in self.candidate_ops:
+      op.build(input_shape)
+    self.built = True
+
+  def call(self, inputs, weights, active: Optional[Sequence[int]] = None,
+           training=None):
+    """Weights have shape (num_ops,) or, per example, (batch, num_ops).
+
+    `active` lists the op indices to compute; pruned ops are skipped, not
+    multiplied by zero, so they cost nothing.
+    """
+    if active is None:
+      active = range(len(self.candidate_ops))
+    total = None
+    for index in active:
+      term = ops.scale_by(
+          self.candidate_ops[index](inputs, training=training),
+          weights[..., index])
+      total = term if total is None else total + term
+    if total is None:
+      return tf.zeros(self._output_shape_of(inputs), dtype=inputs.dtype)
+    return total
+
+  def _output_shape_of(self, inputs):
+    shape = tf.shape(inputs)
+    return tf.stack([shape[0], (shape[1] - 1) // self.stride + 1,
+                     (shape[2] - 1) // self.stride + 1, self.channels])
+
+  def compute_output_shape(self, input_shape):
+    return self.candidate_ops[0].compute_output_shape(input_shape)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({"channels": self.channels, "stride": self.stride,
+                   "primitives": list(self.primitives)})
+    return config

@@ -1,0 +1,171 @@
+"""`SuperNet`: the one-shot search network (ALGORITHM.md 1.4).
+
+stem (3x3 conv, 3 -> stem_multiplier*C, no BN) -> cells -> BN -> ReLU ->
+global average pool -> dense. Reduction cells sit at 1/3 and 2/3 of the depth
+and double C. The stem output feeds both inputs of the first cell. At the
+paper's configuration (8 cells, C=36, 10 classes) it has 26,911,350 trainable
+parameters, 512 of them gates.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bayesnas_tf import ops
+from bayesnas_tf.layers.bayes_cell import BayesCell
+from bayesnas_tf.search_space import CELL_TYPES, get_search_space
+from bayesnas_tf.search_space import reduction_positions
+
+
+def dense_bias_initializer(fan_in: int) -> keras.initializers.Initializer:
+  # PyTorch's Linear bias init, U(+-1/sqrt(fan_in)) (ALGORITHM.md 9.1).
+  bound = 1.0 / float(np.sqrt(fan_in))
+  return keras.initializers.RandomUniform(-bound, bound)
+
+
+@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+class SuperNet(keras.Model):
+  """Args:
+    num_classes: classifier outputs.
+    cells: number of cells (>= 3); reductions at cells//3 and 2*cells//3.
+    channels: C of the first cells.
+    search_space: a name from `search_space.SEARCH_SPACES`.
+    primitives: op names (gate order); default all 7.
+    stem_multiplier: stem output channels = stem_multiplier * C.
+  """
+
+  def __init__(self, num_classes: int = 10, cells: int = 8, channels: int = 36,
+               search_space: str = "bayesnas",
+               primitives: Sequence[str] = ops.PRIMITIVES,
+               stem_multiplier: int = 3, **kwargs):
+    super().__init__(**kwargs)
+    for arg, value in (("num_classes", num_classes), ("channels", channels),
+                       ("stem_multiplier", stem_multiplier)):
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"`{arg}` must be a positive integer. Received: {arg}={value!r}.")
+    if num_classes < 2:
+      raise ValueError(
+          f"`num_classes` must be at least 2. Received: num_classes={num_classes}.")
+    self.num_classes = num_classes
+    self.num_cells = cells
+    self.channels = channels
+    self.search_space = search_space
+    self.primitives = ops.check_primitives(primitives)
+    self.stem_multiplier = stem_multiplier
+    space = get_search_space(search_space)
+    reductions = reduction_positions(cells)
+
+    self.stem_pad = keras.layers.ZeroPadding2D(1, name="stem_pad")
+    self.stem_conv = keras.layers.Conv2D(
+        stem_multiplier * channels, 3, padding="valid", use_bias=False,
+        kernel_initializer=ops.conv_initializer(), name="stem_conv")
+    self.cells: List[BayesCell] = []
+    self.cell_types: List[str] = []
+    c = channels
+    reduction_prev = False
+    for index in range(cells):
+      reduction = index in reductions
+      if reduction:
+        c *= 2
+      cell_type = "reduce" if reduction else "normal"
+      self.cells.append(BayesCell(
+          space.cell(cell_type), c, reduction, reduction_prev,
+          self.primitives, name=f"cell_{index}_{cell_type}"))
+      self.cell_types.append(cell_type)
+      reduction_prev = reduction
+    self.head_bn = ops.batch_norm("head_bn")
+    self.head_relu = keras.layers.ReLU(name="head_relu")
+    self.global_pool = keras.layers.GlobalAveragePooling2D(name="global_pool")
+    final_channels = space.normal.num_nodes * c
+    self.classifier = keras.layers.Dense(
+        num_classes, kernel_initializer=ops.conv_initializer(),
+        bias_initializer=dense_bias_initializer(final_channels),
+        name="classifier")
+
+  # --- building ---------------------------------------------------------
+  def build(self, input_shape):
+    input_shape = tuple(input_shape)
+    shape = ops.build_sequence([self.stem_pad, self.stem_conv], input_shape)
+    prev_prev, prev = shape, shape
+    for cell in self.cells:
+      cell.build(prev, prev_prev)
+      prev_prev, prev = prev, cell.compute_output_shape(prev, prev_prev)
+    ops.build_sequence(
+        [self.head_bn, self.head_relu, self.global_pool, self.classifier], prev)
+    self.built = True
+
+  def call(self, inputs, training=None, gate_offsets=None):
+    """`gate_offsets`: None or one (batch, num_edges, num_ops+1) per cell."""
+    x = self.stem_conv(self.stem_pad(inputs))
+    prev_prev, prev = x, x
+    for index, cell in enumerate(self.cells):
+      offsets = None if gate_offsets is None else gate_offsets[index]
+      prev_prev, prev = prev, cell(prev, prev_prev, gate_offsets=offsets,
+                                   training=training)
+    x = self.head_relu(self.head_bn(prev, training=training))
+    return self.classifier(self.global_pool(x))
+
+  # --- variables ----------------------------------------------------------
+  @property
+  def arch_variables(self) -> List[tf.Variable]:
+    """All gates (w and w_all of every edge of every cell)."""
+    return [v for cell in self.cells for v in cell.gate_variables]
+
+  @property
+  def weight_variables(self) -> List[tf.Variable]:
+    """Every trainable variable that is not a gate."""
+    gate_ids = {id(v) for v in self.arch_variables}
+    return [v for v in self.trainable_variables if id(v) not in gate_ids]
+
+  @property
+  def num_gates(self) -> int:
+    return int(sum(int(np.prod(v.shape)) for v in self.arch_variables))
+
+  def cells_of_type(self, cell_type: str) -> List[BayesCell]:
+    return [c for c, t in zip(self.cells, self.cell_types) if t == cell_type]
+
+  @property
+  def present_cell_types(self) -> List[str]:
+    return [t for t in CELL_TYPES if t in self.cell_types]
+
+  def gates_by_type(self) -> Dict[str, tf.Tensor]:
+    """Effective gates per cell type, (cells_of_type, num_edges, num_ops+1)."""
+    return {t: tf.stack([c.gates() for c in self.cells_of_type(t)])
+            for t in self.present_cell_types}
+
+  def masks_by_type(self) -> Dict[str, np.ndarray]:
+    """The (shared) pruning mask per cell type, (num_edges, num_ops+1)."""
+    return {t: np.stack([keras.ops.convert_to_numpy(e.mask.value)
+                         for e in self.cells_of_type(t)[0].edges])
+            for t in self.present_cell_types}
+
+  def set_masks(self, masks: Dict[str, np.ndarray]) -> None:
+    """Applies one mask per cell type to every cell of that type."""
+    for cell_type, mask in masks.items():
+      for cell in self.cells_of_type(cell_type):
+        for edge, edge_mask in zip(cell.edges, np.asarray(mask)):
+          edge.set_mask(edge_mask)
+
+  def sync_active_ops(self) -> None:
+    for cell in self.cells:
+      for edge in cell.edges:
+        edge.sync_active_ops()
+
+  def zero_gate_offsets(self, batch_size) -> List[tf.Tensor]:
+    return [tf.zeros([batch_size, cell.num_edges, len(self.primitives) + 1],
+                     dtype=self.compute_dtype)
+            for cell in self.cells]
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({
+        "num_classes": self.num_classes, "cells": self.num_cells,
+        "channels": self.channels, "search_space": self.search_space,
+        "primitives": list(self.primitives),
+        "stem_multiplier": self.stem_multiplier})
+    return config
