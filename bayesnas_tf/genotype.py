@@ -1,0 +1,380 @@
+"""Derived architectures ("genotypes") as validated, JSON-serialisable data.
+
+A genotype lists, for every intermediate node `n0..n{K-1}` of the normal and
+the reduction cell, the `(op, input)` pairs whose outputs are summed into that
+node (ALGORITHM.md 3.6: BayesNAS keeps every surviving op, there is no top-k,
+so a node can have any number of inputs, including none). Inputs are `in0`
+(cell k-1), `in1` (cell k-2) or an earlier node. The cell output is the
+concatenation of all nodes.
+
+JSON schema, version 1 (what `Genotype.save` writes as `genotype.json`)::
+
+  {"schema_version": 1,
+   "normal": {"n0": [["sep5", "in0"], ["max", "in1"]], "n1": [...], ...},
+   "reduce": {...},
+   "size_reduct": "conv",
+   "search": {...} or null}
+
+`search` is provenance only (lambda, seed, Hessian method, dataset...); it is
+not part of the architecture and does not take part in equality.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from bayesnas_tf import ops
+from bayesnas_tf.errors import GenotypeError
+from bayesnas_tf.io_utils import atomic_write_text
+
+OpInput = Tuple[str, str]  # (op name, input name)
+CellGenotype = Tuple[Tuple[OpInput, ...], ...]  # one tuple per node
+
+CELL_TYPES = ("normal", "reduce")
+CELL_INPUTS = ("in0", "in1")
+# ALGORITHM.md 5.1: the CReduct that halves a prev-prev input is a single
+# stride-2 1x1 conv ("conv", released 0.01 / 0.007 / ImageNet cells) or a
+# factorized reduce ("factorized", released 0.005 cells).
+SIZE_REDUCTS = ("conv", "factorized")
+GENOTYPE_FILENAME = "genotype.json"
+
+_REQUIRED_FIELDS = ("schema_version", "normal", "reduce")
+_OPTIONAL_FIELDS = ("size_reduct", "search")
+
+
+def _node_name(index: int) -> str:
+  return f"n{index}"
+
+
+def _valid_inputs(node_index: int) -> Tuple[str, ...]:
+  return CELL_INPUTS + tuple(_node_name(i) for i in range(node_index))
+
+
+def _validate_cell(cell_type: str, nodes: Any) -> CellGenotype:
+  """Checks one cell given as a sequence of nodes; returns it as tuples."""
+  if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence):
+    raise GenotypeError(
+        f"genotype {cell_type} cell must be a list of nodes, one list of "
+        f"(op, input) pairs per node; received {nodes!r}")
+  if not nodes:
+    raise GenotypeError(
+        f"genotype {cell_type} cell has no nodes; give at least node n0")
+  valid_ops = ", ".join(ops.PRIMITIVES)
+  cell = []
+  for j, entries in enumerate(nodes):
+    node = _node_name(j)
+    where = f"genotype {cell_type} cell, node {node}"
+    if isinstance(entries, (str, bytes)) or not isinstance(entries, Sequence):
+      raise GenotypeError(
+          f"{where} must be a list of [op, input] pairs; received {entries!r}")
+    node_ops = []
+    for k, entry in enumerate(entries):
+      if (isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence)
+          or len(entry) != 2
+          or not all(isinstance(part, str) for part in entry)):
+        raise GenotypeError(
+            f"{where}, entry {k} must be a 2-element [op, input] list of "
+            f"strings; received {entry!r}")
+      op, src = entry
+      if op not in ops.OPS:
+        raise GenotypeError(
+            f"{where}, entry {k}: unknown op {op!r}; valid ops are {valid_ops}")
+      inputs = _valid_inputs(j)
+      if src not in inputs:
+        raise GenotypeError(
+            f"{where}, entry {k}: invalid input {src!r}; a node reads in0, "
+            f"in1 or an earlier node ({', '.join(inputs)})")
+      if (op, src) in node_ops:
+        # Two copies of one op on one edge would be two layers with the same
+        # name in a child cell; it is almost surely a typo.
+        raise GenotypeError(
+            f"{where} lists [{op!r}, {src!r}] twice; list each (op, input) "
+            f"pair once")
+      node_ops.append((op, src))
+    cell.append(tuple(node_ops))
+  return tuple(cell)
+
+
+def _cell_from_mapping(cell_type: str, value: Any) -> List[Any]:
+  """Turns the JSON form {"n0": [...], ...} into a list of nodes."""
+  if not isinstance(value, Mapping):
+    raise GenotypeError(
+        f"genotype field {cell_type!r} must be an object mapping node names "
+        f"n0..n{{K-1}} to lists of [op, input] pairs; received {value!r}")
+  if not value:
+    raise GenotypeError(
+        f"genotype {cell_type} cell has no nodes; give at least node n0")
+  expected = [_node_name(i) for i in range(len(value))]
+  unexpected = sorted(str(k) for k in value if k not in expected)
+  if unexpected:
+    raise GenotypeError(
+        f"genotype {cell_type} cell has unexpected node key(s) "
+        f"{', '.join(repr(k) for k in unexpected)}; node keys must be exactly "
+        f"{', '.join(expected)}")
+  return [value[name] for name in expected]
+
+
+def _normalise_search(search: Any) -> Optional[Dict[str, Any]]:
+  """Copies the provenance mapping into plain JSON types (numpy scalars ok)."""
+  if search is None:
+    return None
+  if not isinstance(search, Mapping):
+    raise GenotypeError(
+        f"genotype field 'search' must be an object or null; received "
+        f"{search!r}")
+
+  def to_builtin(value):
+    # Search metadata often carries numpy scalars (lambda, thresholds).
+    if hasattr(value, "tolist"):
+      return value.tolist()
+    raise TypeError(f"{type(value).__name__} value {value!r}")
+
+  try:
+    return json.loads(json.dumps(dict(search), default=to_builtin))
+  except (TypeError, ValueError) as e:
+    raise GenotypeError(
+        f"genotype field 'search' must hold only JSON values (numbers, "
+        f"strings, lists, objects); it holds a {e}") from None
+
+
+def _parse_json(text: str, source: str) -> Any:
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise GenotypeError(
+        f"{source} is not valid JSON ({e.msg} at line {e.lineno}, column "
+        f"{e.colno}); fix the file or regenerate it") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Genotype:
+  """The cells of a derived network.
+
+  Attributes:
+    normal: one tuple per intermediate node n0..n{K-1}; each holds the
+      `(op, input)` pairs summed into that node.
+    reduce: the same for the reduction cell (ops that read in0/in1 have
+      stride 2).
+    size_reduct: how the CReduct that halves a prev-prev input is built,
+      "conv" or "factorized" (ALGORITHM.md 5.1).
+    search: provenance of the search that produced it (JSON-able); excluded
+      from equality and hashing.
+  """
+
+  normal: CellGenotype
+  reduce: CellGenotype
+  size_reduct: str = "conv"
+  search: Optional[Mapping[str, Any]] = dataclasses.field(
+      default=None, compare=False)
+
+  SCHEMA_VERSION: ClassVar[int] = 1
+
+  def __post_init__(self):
+    # Validating here (not only in from_dict) means no invalid Genotype can
+    # exist, whichever way it was made.
+    normal = _validate_cell("normal", self.normal)
+    reduce = _validate_cell("reduce", self.reduce)
+    if len(normal) != len(reduce):
+      raise GenotypeError(
+          f"the normal cell has {len(normal)} nodes but the reduce cell has "
+          f"{len(reduce)}; both cells need the same number of nodes")
+    if self.size_reduct not in SIZE_REDUCTS:
+      raise GenotypeError(
+          f"genotype size_reduct {self.size_reduct!r} is invalid; use one of "
+          f"{', '.join(SIZE_REDUCTS)}")
+    object.__setattr__(self, "normal", normal)
+    object.__setattr__(self, "reduce", reduce)
+    object.__setattr__(self, "search", _normalise_search(self.search))
+
+  # --- accessors ------------------------------------------------------------
+  def cell(self, cell_type: str) -> CellGenotype:
+    """The nodes of the "normal" or "reduce" cell."""
+    if cell_type not in CELL_TYPES:
+      raise ValueError(
+          f"cell_type must be one of {CELL_TYPES}; received {cell_type!r}")
+    return self.normal if cell_type == "normal" else self.reduce
+
+  @property
+  def num_nodes(self) -> int:
+    """Intermediate nodes per cell (the same in both cells, validated)."""
+    return len(self.normal)
+
+  def degenerate_nodes(self, cell_type: str) -> List[str]:
+    """Nodes with no incoming op; a child network feeds zeros there (3.6)."""
+    return [_node_name(j) for j, node in enumerate(self.cell(cell_type))
+            if not node]
+
+  # --- serialisation --------------------------------------------------------
+  def to_dict(self) -> Dict[str, Any]:
+    """The schema-version-1 JSON object (plain dicts and lists)."""
+    result: Dict[str, Any] = {"schema_version": self.SCHEMA_VERSION}
+    for cell_type in CELL_TYPES:
+      result[cell_type] = {
+          _node_name(j): [[op, src] for op, src in node]
+          for j, node in enumerate(self.cell(cell_type))}
+    result["size_reduct"] = self.size_reduct
+    result["search"] = (None if self.search is None
+                        else json.loads(json.dumps(self.search)))
+    return result
+
+  @classmethod
+  def from_dict(cls, d: Any) -> "Genotype":
+    """Parses and validates the JSON object written by `to_dict`."""
+    if not isinstance(d, Mapping):
+      raise GenotypeError(
+          f"a genotype must be a JSON object with fields "
+          f"{', '.join(_REQUIRED_FIELDS)}; received {type(d).__name__}")
+    known = _REQUIRED_FIELDS + _OPTIONAL_FIELDS
+    unknown = [str(k) for k in d if k not in known]
+    if unknown:
+      raise GenotypeError(
+          f"unknown genotype field(s) {', '.join(repr(k) for k in unknown)}; "
+          f"valid fields are {', '.join(known)}")
+    missing = [k for k in _REQUIRED_FIELDS if k not in d]
+    if missing:
+      raise GenotypeError(
+          f"genotype is missing required field(s) {', '.join(missing)}")
+    version = d["schema_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+      raise GenotypeError(
+          f"genotype schema_version must be a positive integer; received "
+          f"{version!r}")
+    if version > cls.SCHEMA_VERSION:
+      raise GenotypeError(
+          f"genotype schema_version {version} was written by a newer "
+          f"bayesnas_tf (this one reads up to {cls.SCHEMA_VERSION}); upgrade "
+          f"bayesnas_tf")
+    normal = _cell_from_mapping("normal", d["normal"])
+    reduce = _cell_from_mapping("reduce", d["reduce"])
+    return cls(normal=normal, reduce=reduce,
+               size_reduct=d.get("size_reduct", "conv"),
+               search=d.get("search"))
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+  @classmethod
+  def from_json(cls, text: str) -> "Genotype":
+    return cls.from_dict(_parse_json(text, "genotype JSON"))
+
+  def save(self, path: str | os.PathLike) -> None:
+    """Writes `to_json()` atomically, so a crash never leaves half a file."""
+    atomic_write_text(path, self.to_json())
+
+  @classmethod
+  def load(cls, path: str | os.PathLike) -> "Genotype":
+    """Reads a genotype.json; errors name the file."""
+    path = os.fspath(path)
+    try:
+      with open(path, encoding="utf-8") as f:
+        text = f.read()
+    except FileNotFoundError:
+      raise GenotypeError(
+          f"genotype file {path} does not exist; pass a built-in name "
+          f"({', '.join(KNOWN_GENOTYPES)}) or a path to "
+          f"{GENOTYPE_FILENAME}") from None
+    except (OSError, UnicodeDecodeError) as e:
+      raise GenotypeError(
+          f"cannot read genotype file {path} ({e}); check the path and its "
+          f"permissions") from None
+    data = _parse_json(text, f"genotype file {path}")
+    try:
+      return cls.from_dict(data)
+    except GenotypeError as e:
+      raise GenotypeError(f"genotype file {path}: {e}") from None
+
+
+# --- released genotypes (ALGORITHM.md 6) --------------------------------------
+# Transcribed from the forward passes of the official
+# `CNN/pre_trained/*/OneShot.py`; the trailing comments name the supernet edge
+# each op came from, so they can be matched against the gamma tables.
+_L001 = dict(
+    normal=(
+        (("sep5", "in0"),                                              # in0_0
+         ("sep5", "in1"), ("max", "in1"), ("avg", "in1"), ("id", "in1")),  # in1_0
+        (("max", "in0"), ("id", "in0")),                # in0_1 (in1_1 pruned)
+        (("id", "in0"),                                                # in0_2
+         ("max", "in1")),                                              # in1_2
+        (("avg", "n0"),),                             # sel_0_3 (in1_3 pruned)
+    ),
+    reduce=(
+        (("id", "in0"),                                   # in0_0 (BN+1x1 s2)
+         ("sep3", "in1"), ("avg", "in1"), ("max", "in1"), ("sep5", "in1")),  # in1_0
+        (("max", "in1"), ("avg", "in1")),             # in1_1 (sel_0_1 pruned)
+        (("sep3", "in1"), ("avg", "in1")),            # in1_2 (sel_0_2 pruned)
+        (("sep5", "n0"),),                 # sel_0_3 (stride 1) (in1_3 pruned)
+    ),
+)
+
+KNOWN_GENOTYPES: Dict[str, Genotype] = {
+    # CIFAR-10 Table 1, 3.02% error, 2.576M params.
+    "bayesnas_l0.01": Genotype(
+        **_L001, size_reduct="conv",
+        search={"source": "CNN/pre_trained/0.01/OneShot.py",
+                "lambda_child": 0.01, "dataset": "cifar10"}),
+    # CIFAR-10, 3.197M params.
+    "bayesnas_l0.007": Genotype(
+        normal=(
+            (("sep3", "in1"), ("id", "in1")),         # in1_0 (in0_0 pruned)
+            # in0_1. The official module also declares in1_1 = max(in1) but
+            # its forward pass never uses it; we follow the forward pass.
+            (("sep3", "in0"), ("id", "in0")),
+            (("id", "in0"),                                            # in0_2
+             ("sep3", "in1")),                                         # in1_2
+            (("sep5", "in1"), ("max", "in1"), ("avg", "in1"),          # in1_3
+             ("id", "n0")),                                          # sel_0_3
+        ),
+        reduce=(
+            (("sep5", "in0"), ("avg", "in0"),                          # in0_0
+             ("avg", "in1"), ("max", "in1"), ("id", "in1"), ("sep5", "in1")),  # in1_0
+            (("avg", "in1"),                                           # in1_1
+             ("id", "n0")),                                          # sel_0_1
+            (("avg", "in1"),                                           # in1_2
+             ("sep5", "n0"), ("id", "n0")),                          # sel_0_2
+            (("avg", "n0"), ("max", "n0")),           # sel_0_3 (in1_3 pruned)
+        ),
+        size_reduct="conv",
+        search={"source": "CNN/pre_trained/0.007/OneShot.py",
+                "lambda_child": 0.007, "dataset": "cifar10"}),
+    # CIFAR-10, 2.512M params; its CReduct uses a factorized reduce (5.1).
+    "bayesnas_l0.005": Genotype(
+        normal=(
+            (("max", "in1"), ("avg", "in1"), ("id", "in1")),  # in1_0 (in0_0 pruned)
+            (("id", "in0"),                                            # in0_1
+             ("sep5", "in1")),                                         # in1_1
+            (("avg", "in0"),                                           # in0_2
+             ("id", "in1"), ("max", "in1")),                           # in1_2
+            (("sep5", "in1"),                                          # in1_3
+             ("max", "n0")),                                         # sel_0_3
+        ),
+        reduce=(
+            (("sep3", "in0"), ("sep5", "in0"), ("max", "in0"),         # in0_0
+             ("avg", "in1"), ("max", "in1")),                          # in1_0
+            (("max", "n0"), ("avg", "n0"), ("id", "n0")),  # sel_0_1 (in1_1 pruned)
+            (("id", "in1"), ("max", "in1")),          # in1_2 (sel_0_2 pruned)
+            (("sep3", "in1"), ("max", "in1"),                          # in1_3
+             ("max", "n0")),                                         # sel_0_3
+        ),
+        size_reduct="factorized",
+        search={"source": "CNN/pre_trained/0.005/OneShot.py",
+                "lambda_child": 0.005, "dataset": "cifar10"}),
+    # ImageNet, 4.009M params: pre_trained/imagenet/OneShot.py's cells are the
+    # lambda = 0.01 CIFAR cells, with the single-conv size_reduct.
+    "bayesnas_imagenet": Genotype(
+        **_L001, size_reduct="conv",
+        search={"source": "CNN/pre_trained/imagenet/OneShot.py",
+                "lambda_child": 0.01, "dataset": "imagenet"}),
+}
+
+
+def resolve_genotype(name_or_path: str | os.PathLike) -> Genotype:
+  """A built-in name, a genotype.json path, or a directory holding one."""
+  if isinstance(name_or_path, str) and name_or_path in KNOWN_GENOTYPES:
+    return KNOWN_GENOTYPES[name_or_path]
+  path = os.fspath(name_or_path)
+  if os.path.isdir(path):
+    path = os.path.join(path, GENOTYPE_FILENAME)
+  return Genotype.load(path)

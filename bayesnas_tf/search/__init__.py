@@ -1,0 +1,1 @@
+"""The BayesNAS search: Hessian, HARD prior update, search loop and genotype derivation."""

@@ -1,0 +1,132 @@
+"""Hessian diagonal of the data loss with respect to every gate (DESIGN.md 6).
+
+The loss is the cross-entropy summed over the examples of a batch (the
+official convention: the gate Hessian is a batch sum, ALGORITHM.md 3.4.3),
+with batch norm in inference mode. Every function returns one tensor per
+cell, (num_edges, num_ops + 1), laid out like `SwitchedEdge.gates()`.
+
+* `ggn`: the exact generalised Gauss-Newton diagonal. The gates are tiled per
+  example (zero offsets of shape (B, E, G) added inside the tape), so one
+  backward pass gives every example's gate gradient J_b^T v. With the CE
+  curvature A_b = diag(p_b) - p_b p_b^T = L_b L_b^T, L_b[:, k] =
+  sqrt(p_bk)(e_k - p_b), the diagonal is sum_b sum_k (J_b^T L_b[:, k])^2:
+  one forward and K backward passes. In a network of ReLU, pooling, identity,
+  convolutions and inference-mode BN the logits are multilinear in the gates
+  (each gate multiplies each path at most once), so d^2 z / dw^2 = 0 and the
+  GGN diagonal *is* the exact Hessian diagonal.
+* `ggn_mc`: one label y~ ~ p per example; E[(p - e_y~)(p - e_y~)^T] = A, so
+  the squared per-example gradient is an unbiased estimate (one backward).
+* `exact`: one Hessian-vector product per gate (nested tapes); an oracle for
+  tests and small models.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import tensorflow as tf
+
+HESSIAN_METHODS = ("ggn", "ggn_mc", "exact")
+
+
+def _float_logits(logits):
+  """Curvature arithmetic stays in float32 (or float64) under mixed precision."""
+  if logits.dtype in (tf.float16, tf.bfloat16):
+    return tf.cast(logits, tf.float32)
+  return logits
+
+
+def _forward_with_offsets(net, images):
+  offsets = net.zero_gate_offsets(tf.shape(images)[0])
+  tape = tf.GradientTape(persistent=True)
+  with tape:
+    tape.watch(offsets)
+    logits = _float_logits(net(images, training=False, gate_offsets=offsets))
+  return tape, offsets, logits
+
+
+def _squared_sum(tape, logits, offsets, output_gradients):
+  grads = tape.gradient(logits, offsets, output_gradients=output_gradients,
+                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  return [tf.reduce_sum(tf.square(tf.cast(g, output_gradients.dtype)), axis=0)
+          for g in grads]
+
+
+def ggn_diagonal(net, images) -> List[tf.Tensor]:
+  """Exact Gauss-Newton diagonal, summed over the batch (labels not needed)."""
+  tape, offsets, logits = _forward_with_offsets(net, images)
+  probs = tf.nn.softmax(logits)
+  sqrt_probs = tf.sqrt(probs)
+  num_classes = logits.shape[-1]
+  total = None
+  for k in range(num_classes):
+    # Column k of L: sqrt(p_k) (e_k - p).
+    column = sqrt_probs[:, k:k + 1] * (
+        tf.one_hot(k, num_classes, dtype=probs.dtype) - probs)
+    squares = _squared_sum(tape, logits, offsets, column)
+    total = squares if total is None else [a + b for a, b in zip(total, squares)]
+  del tape
+  return total
+
+
+def ggn_mc_diagonal(net, images, seed) -> List[tf.Tensor]:
+  """One-sample Monte Carlo estimate of the GGN diagonal (stateless `seed`)."""
+  tape, offsets, logits = _forward_with_offsets(net, images)
+  probs = tf.nn.softmax(logits)
+  sampled = tf.random.stateless_categorical(logits, 1, seed=seed)[:, 0]
+  residual = probs - tf.one_hot(sampled, logits.shape[-1], dtype=probs.dtype)
+  result = _squared_sum(tape, logits, offsets, residual)
+  del tape
+  return result
+
+
+def exact_diagonal(net, images, labels) -> List[tf.Tensor]:
+  """Exact Hessian diagonal, one Hessian-vector product per gate.
+
+  For tests and small models only (one double-backward pass per gate). The
+  HVPs run in a `tf.while_loop` (`jacobian(experimental_use_pfor=False)`):
+  the pfor-vectorised jacobian returns zero second derivatives through some
+  pooling ops (DESIGN.md 6), the plain loop does not.
+  """
+  variables = net.arch_variables
+  with tf.GradientTape(persistent=True) as outer:
+    with tf.GradientTape() as inner:
+      logits = _float_logits(net(images, training=False))
+      loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels=tf.cast(labels, tf.int32), logits=logits))
+    grads = inner.gradient(loss, variables)
+    flat = tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
+  rows = outer.jacobian(flat, variables, experimental_use_pfor=False,
+                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  del outer
+  # Row i of the Hessian restricted to variable v; keep the diagonal entries.
+  diagonal, offset = [], 0
+  for v, row in zip(variables, rows):
+    size = int(v.shape.num_elements())
+    block = tf.reshape(row[offset:offset + size], [size, size])
+    diagonal.append(tf.linalg.diag_part(block))
+    offset += size
+  # Regroup [w (O,), w_all ()] per edge into (E, O + 1) per cell.
+  result, index = [], 0
+  for cell in net.cells:
+    edges = []
+    for _ in cell.edges:
+      edges.append(tf.concat([diagonal[index], diagonal[index + 1]], axis=0))
+      index += 2
+    result.append(tf.stack(edges))
+  return result
+
+
+def gate_hessian(net, images, labels, method: str = "ggn",
+                 seed: Optional[tf.Tensor] = None) -> List[tf.Tensor]:
+  """Dispatches to the estimator named by `method` (see module doc)."""
+  if method == "ggn":
+    return ggn_diagonal(net, images)
+  if method == "ggn_mc":
+    if seed is None:
+      raise ValueError("ggn_mc needs a stateless `seed` (shape (2,)).")
+    return ggn_mc_diagonal(net, images, seed)
+  if method == "exact":
+    return exact_diagonal(net, images, labels)
+  raise ValueError(
+      f"unknown Hessian method {method!r}; valid methods are {HESSIAN_METHODS}")
