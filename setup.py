@@ -26,6 +26,9 @@ setup(
         "tensorflow-datasets~=4.9.7",
         "numpy>=1.26,<3",
         "absl-py>=2.1,<3",
+        # tf.summary needs it to write TensorBoard events (TF 2.21 no longer
+        # installs it).
+        "tensorboard>=2.19,<3",
     ],
     extras_require={
         # The offline quick-start dataset (scikit-learn's bundled digits).

@@ -21,6 +21,7 @@ from typing import Callable, Dict, Sequence, Tuple
 import keras
 import tensorflow as tf
 
+from bayesnas_tf.batch_norm import BatchNorm
 from bayesnas_tf.errors import ConfigError
 
 PACKAGE = "bayesnas_tf"
@@ -40,15 +41,13 @@ def depthwise_initializer() -> keras.initializers.Initializer:
       scale=1.0 / 3.0, mode="fan_out", distribution="uniform")
 
 
-def batch_norm(name: str) -> keras.layers.BatchNormalization:
+def batch_norm(name: str) -> BatchNorm:
   """BN with PyTorch's defaults (momentum 0.1 -> Keras 0.9, eps 1e-5).
 
-  `synchronized=True` makes the batch statistics those of the global batch
-  under a multi-replica `tf.distribute` strategy, so N replicas compute what
-  one device computes; with one replica the all-reduce is the identity.
+  Training-mode statistics are those of the global batch under a
+  multi-replica `tf.distribute` strategy (see `batch_norm.BatchNorm`).
   """
-  return keras.layers.BatchNormalization(
-      momentum=0.9, epsilon=1e-5, synchronized=True, name=name)
+  return BatchNorm(momentum=0.9, epsilon=1e-5, name=name)
 
 
 def conv1x1(filters: int, stride: int, name: str) -> keras.layers.Conv2D:
@@ -107,7 +106,7 @@ class _SequenceOp(keras.layers.Layer):
   def call(self, inputs, training=None):
     x = inputs
     for layer in self._chain:
-      if isinstance(layer, keras.layers.BatchNormalization):
+      if isinstance(layer, BatchNorm):
         x = layer(x, training=training)
       else:
         x = layer(x)
@@ -191,6 +190,10 @@ class DilConv(keras.layers.Layer):
     self.pointwise = conv1x1(channels, 1, "pointwise")
 
   def build(self, input_shape):
+    if input_shape[-1] is not None and input_shape[-1] != self.channels:
+      raise ValueError(
+          f"DilConv expects {self.channels} input channels. "
+          f"Received: input_shape={tuple(input_shape)}.")
     build_sequence([self.bn, self.relu, self.pad, self.conv], input_shape)
     self.pointwise.build(self.compute_output_shape(input_shape))
     self.built = True

@@ -17,13 +17,16 @@ PRIMITIVES = ("sep3", "max", "avg", "id")
 
 def _small_net(dtype="float32", seed=0):
   keras.utils.set_random_seed(seed)
-  previous = keras.config.floatx()
+  # Keras caches the global dtype policy, so restore both it and floatx.
+  previous_floatx, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
   keras.config.set_floatx(dtype)
+  keras.config.set_dtype_policy(dtype)
   try:
     net = SuperNet(4, 3, 3, primitives=PRIMITIVES)
     net.build((None, 6, 6, 2))
   finally:
-    keras.config.set_floatx(previous)
+    keras.config.set_floatx(previous_floatx)
+    keras.config.set_dtype_policy(previous_policy)
   rng = np.random.default_rng(seed)
   images = tf.constant(rng.normal(size=(3, 6, 6, 2)), dtype)
   labels = tf.constant([0, 3, 1])

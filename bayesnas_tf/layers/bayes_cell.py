@@ -78,11 +78,12 @@ class BayesCell(keras.layers.Layer):
           "the two cell inputs must have the same spatial size after "
           f"preprocessing. Received: in0_shape={tuple(in0_shape)}, "
           f"in1_shape={tuple(in1_shape)}, reduction_prev={self.reduction_prev}.")
+    stride = 2 if self.reduction else 1
+    node_shape = (shape0[0], ops.strided_size(shape0[1], stride),
+                  ops.strided_size(shape0[2], stride), self.channels)
     for edge, (src, _) in zip(self.edges, self.cell_spec.edges):
-      if is_cell_input(src):
-        edge.build(shape0)
-      else:  # Intermediate nodes have the cell's output resolution.
-        edge.build(edge.compute_output_shape(shape0))
+      # Intermediate nodes have the cell's output resolution.
+      edge.build(shape0 if is_cell_input(src) else node_shape)
     self.built = True
 
   def call(self, in0, in1, gate_offsets=None, training=None):

@@ -86,7 +86,7 @@ class SwitchedEdge(keras.layers.Layer):
     The active set is Python state so that traced functions leave pruned ops
     out of the graph; step functions are re-traced after every change.
     """
-    mask = np.asarray(keras.ops.convert_to_numpy(self.mask.value))
+    mask = np.asarray(self.mask.numpy())
     self._active_ops = tuple(int(i) for i in np.flatnonzero(mask[:-1] > 0))
     self._edge_active = bool(mask[-1] > 0)
 

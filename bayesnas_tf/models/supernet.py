@@ -140,7 +140,7 @@ class SuperNet(keras.Model):
 
   def masks_by_type(self) -> Dict[str, np.ndarray]:
     """The (shared) pruning mask per cell type, (num_edges, num_ops+1)."""
-    return {t: np.stack([keras.ops.convert_to_numpy(e.mask.value)
+    return {t: np.stack([np.asarray(e.mask.numpy())
                          for e in self.cells_of_type(t)[0].edges])
             for t in self.present_cell_types}
 

@@ -56,15 +56,20 @@ def ggn_diagonal(net, images) -> List[tf.Tensor]:
   """Exact Gauss-Newton diagonal, summed over the batch (labels not needed)."""
   tape, offsets, logits = _forward_with_offsets(net, images)
   probs = tf.nn.softmax(logits)
-  sqrt_probs = tf.sqrt(probs)
   num_classes = logits.shape[-1]
-  total = None
-  for k in range(num_classes):
-    # Column k of L: sqrt(p_k) (e_k - p).
-    column = sqrt_probs[:, k:k + 1] * (
-        tf.one_hot(k, num_classes, dtype=probs.dtype) - probs)
-    squares = _squared_sum(tape, logits, offsets, column)
-    total = squares if total is None else [a + b for a, b in zip(total, squares)]
+  # Columns of L: columns[k] = sqrt(p_k) (e_k - p), shape (K, B, K).
+  eye = tf.eye(num_classes, dtype=probs.dtype)
+  columns = (tf.transpose(tf.sqrt(probs))[:, :, tf.newaxis] *
+             (eye[:, tf.newaxis, :] - probs[tf.newaxis]))
+
+  def body(k, totals):
+    squares = _squared_sum(tape, logits, offsets, columns[k])
+    return k + 1, [a + b for a, b in zip(totals, squares)]
+
+  # A while loop, so a traced function holds one backward pass, not K.
+  _, total = tf.while_loop(
+      lambda k, _: k < num_classes, body,
+      (tf.constant(0), [tf.zeros(o.shape[1:], probs.dtype) for o in offsets]))
   del tape
   return total
 

@@ -1,0 +1,267 @@
+"""Frozen configuration dataclasses; `main.py` builds them from flags.
+
+The library never reads flags: every entry point takes an `ExperimentConfig`
+(flags -> config -> validate -> freeze -> `config.json`, STYLE.md 14).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Dict, Optional, Tuple
+
+from bayesnas_tf.errors import ConfigError
+from bayesnas_tf.ops import PRIMITIVES, PRUNE_THRESHOLD, check_primitives
+
+MODES = ("search", "retrain", "transfer", "compress", "export")
+STRATEGIES = ("default", "one_device", "mirrored")
+HESSIAN_METHODS = ("ggn", "ggn_mc", "exact")
+DEPENDENCIES = ("paper", "official")
+INITS = ("paper", "official")
+CONFIG_SCHEMA_VERSION = 1
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> None:
+  ok = value >= 0 if allow_zero else value > 0
+  if not ok or (isinstance(value, float) and not math.isfinite(value)):
+    bound = ">= 0" if allow_zero else "> 0"
+    raise ConfigError(f"--{name} must be {bound}; received {name}={value!r}")
+
+
+def _choice(name: str, value, choices) -> None:
+  if value not in choices:
+    raise ConfigError(
+        f"--{name} must be one of {', '.join(choices)}; received {name}={value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which data, and how it is batched and augmented.
+
+  Attributes:
+    dataset: `digits` (embedded), a TFDS name, `npz:PATH` or `folder:PATH`.
+    data_dir: TFDS data directory.
+    download: let TFDS download (needs internet).
+    batch_size: the global batch size (split across replicas).
+    eval_batch_size: batch size for evaluation.
+    crop_padding: zero padding before the random crop (0 = no crop).
+    flip: random horizontal flips.
+    cutout: cutout side in pixels (search: warm-up only), 0 = off.
+    max_train_examples: use a seeded random N of the training examples
+      (0 = all).
+    max_eval_examples: evaluate on a fixed random N test examples (0 = all).
+  """
+  dataset: str = "digits"
+  data_dir: Optional[str] = None
+  download: bool = False
+  batch_size: int = 18
+  eval_batch_size: int = 256
+  crop_padding: int = 4
+  flip: bool = True
+  cutout: int = 16
+  max_train_examples: int = 0
+  max_eval_examples: int = 0
+
+  def validate(self) -> None:
+    if not self.dataset:
+      raise ConfigError("--dataset must not be empty; try --dataset=digits")
+    _positive("batch_size", self.batch_size)
+    _positive("eval_batch_size", self.eval_batch_size)
+    _positive("crop_padding", self.crop_padding, allow_zero=True)
+    _positive("cutout", self.cutout, allow_zero=True)
+    _positive("max_train_examples", self.max_train_examples, allow_zero=True)
+    _positive("max_eval_examples", self.max_eval_examples, allow_zero=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class SupernetConfig:
+  """The search supernet (ALGORITHM.md 1.4)."""
+  search_space: str = "bayesnas"
+  cells: int = 8
+  channels: int = 36
+  primitives: Tuple[str, ...] = PRIMITIVES
+  stem_multiplier: int = 3
+
+  def validate(self) -> None:
+    from bayesnas_tf.search_space import get_search_space  # pylint: disable=g-import-not-at-top
+    get_search_space(self.search_space)
+    if self.cells < 3:
+      raise ConfigError(
+          f"--cells must be at least 3 (one normal and two reduction cells); "
+          f"received cells={self.cells}")
+    _positive("channels", self.channels)
+    _positive("stem_multiplier", self.stem_multiplier)
+    check_primitives(self.primitives)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  """The BayesNAS search (DESIGN.md 5; Algorithm 1/2 of the paper).
+
+  Attributes:
+    lambda_child: lambda_w^o for the op gates (paper: 0.01, 0.007, 0.005).
+    lambda_origin: lambda for the edge gates w_all; None = lambda_child.
+    learning_rate, momentum, weight_decay: SGD of the network weights;
+      weight decay is on weights only, never on gates.
+    arch_learning_rate, arch_momentum: SGD of the gates (no weight decay).
+    warmup_fraction: fraction of the training split used for the warm-up;
+      the rest (disjoint) is used for the joint search epoch(s).
+    warmup_epochs, search_epochs: epochs per phase and iteration.
+    iterations: T, the number of train -> Hessian -> update -> prune rounds.
+    hessian: "ggn" (exact Gauss-Newton diagonal), "ggn_mc" or "exact".
+    hessian_batches: batches the Hessian is averaged over.
+    dependency: "paper" (eq. 8 with predecessors) or "official".
+    init: "paper" (gamma = omega = 1) or "official" (U(0, 1)).
+    prune_threshold: prune when gamma <= this (default 1/(2 pi e)).
+    grad_clip: global-norm clip of the weight gradients (0 = off).
+  """
+  lambda_child: float = 0.01
+  lambda_origin: Optional[float] = None
+  learning_rate: float = 0.1
+  momentum: float = 0.9
+  weight_decay: float = 1e-4
+  arch_learning_rate: float = 0.1
+  arch_momentum: float = 0.9
+  warmup_fraction: float = 0.1
+  warmup_epochs: int = 1
+  search_epochs: int = 1
+  iterations: int = 1
+  hessian: str = "ggn"
+  hessian_batches: int = 1
+  dependency: str = "paper"
+  init: str = "paper"
+  prune_threshold: float = PRUNE_THRESHOLD
+  grad_clip: float = 0.0
+
+  @property
+  def effective_lambda_origin(self) -> float:
+    return self.lambda_child if self.lambda_origin is None else self.lambda_origin
+
+  def validate(self) -> None:
+    for name in ("lambda_child", "learning_rate", "arch_learning_rate"):
+      value = getattr(self, name)
+      if not value > 0 or not math.isfinite(value):
+        raise ConfigError(
+            f"--{name} must be > 0; received {name}={value!r} "
+            "(the paper uses lambda 0.01, 0.007 or 0.005 and lr 0.1)")
+    if self.lambda_origin is not None and (
+        not self.lambda_origin > 0 or not math.isfinite(self.lambda_origin)):
+      raise ConfigError(
+          f"--lambda_origin must be > 0 (or unset to use --lambda_child); "
+          f"received lambda_origin={self.lambda_origin!r}")
+    for name in ("momentum", "arch_momentum"):
+      value = getattr(self, name)
+      if not 0 <= value < 1:
+        raise ConfigError(f"--{name} must be in [0, 1); received {name}={value!r}")
+    _positive("weight_decay", self.weight_decay, allow_zero=True)
+    if not 0 < self.warmup_fraction < 1:
+      raise ConfigError(
+          f"--warmup_fraction must be in (0, 1); received {self.warmup_fraction!r}")
+    _positive("warmup_epochs", self.warmup_epochs, allow_zero=True)
+    _positive("search_epochs", self.search_epochs)
+    _positive("iterations", self.iterations)
+    _choice("hessian", self.hessian, HESSIAN_METHODS)
+    _positive("hessian_batches", self.hessian_batches)
+    _choice("dependency", self.dependency, DEPENDENCIES)
+    _choice("init", self.init, INITS)
+    _positive("prune_threshold", self.prune_threshold)
+    _positive("grad_clip", self.grad_clip, allow_zero=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+  """Where and how a run executes.
+
+  Attributes:
+    model_dir: outputs and checkpoints.
+    strategy: tf.distribute strategy name.
+    logical_cpu_devices: split the CPU into N logical devices (0 = off),
+      e.g. to run `mirrored` on one machine without GPUs.
+    seed: seeds weights, data order, augmentation and the prior init.
+    deterministic: TF op determinism (`enable_op_determinism`).
+    jit_compile: XLA-compile the step functions.
+    checkpoint_every: steps between checkpoints (phase ends always save).
+    keep_checkpoints: how many checkpoints to keep.
+    progress: show progress bars.
+  """
+  model_dir: str = "runs/search"
+  strategy: str = "default"
+  logical_cpu_devices: int = 0
+  seed: int = 0
+  deterministic: bool = False
+  jit_compile: bool = False
+  checkpoint_every: int = 100
+  keep_checkpoints: int = 2
+  progress: bool = True
+
+  def validate(self) -> None:
+    if not self.model_dir:
+      raise ConfigError("--model_dir must not be empty")
+    _choice("strategy", self.strategy, STRATEGIES)
+    _positive("logical_cpu_devices", self.logical_cpu_devices, allow_zero=True)
+    _positive("seed", self.seed, allow_zero=True)
+    _positive("checkpoint_every", self.checkpoint_every)
+    _positive("keep_checkpoints", self.keep_checkpoints)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  mode: str = "search"
+  data: DataConfig = DataConfig()
+  supernet: SupernetConfig = SupernetConfig()
+  search: SearchConfig = SearchConfig()
+  runtime: RuntimeConfig = RuntimeConfig()
+
+  def validate(self) -> "ExperimentConfig":
+    _choice("mode", self.mode, MODES)
+    self.data.validate()
+    self.supernet.validate()
+    self.search.validate()
+    self.runtime.validate()
+    return self
+
+  def to_dict(self) -> Dict[str, Any]:
+    result = dataclasses.asdict(self)
+    result["schema_version"] = CONFIG_SCHEMA_VERSION
+    return result
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: Dict[str, Any]) -> "ExperimentConfig":
+    values = dict(values)
+    values.pop("schema_version", None)
+    sections = {f.name: f.type for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+      if key not in sections:
+        raise ConfigError(f"unknown configuration section {key!r}")
+      if key == "mode":
+        kwargs[key] = value
+        continue
+      section_cls = {"data": DataConfig, "supernet": SupernetConfig,
+                     "search": SearchConfig, "runtime": RuntimeConfig}[key]
+      field_names = {f.name for f in dataclasses.fields(section_cls)}
+      unknown = set(value) - field_names
+      if unknown:
+        raise ConfigError(
+            f"unknown field(s) {sorted(unknown)} in configuration section {key!r}")
+      section = dict(value)
+      if "primitives" in section:
+        section["primitives"] = tuple(section["primitives"])
+      kwargs[key] = section_cls(**section)
+    return cls(**kwargs)
+
+  def search_fingerprint(self) -> Dict[str, Any]:
+    """What a search checkpoint depends on; resuming needs an exact match."""
+    data = dataclasses.asdict(self.data)
+    for evaluation_only in ("eval_batch_size", "max_eval_examples"):
+      data.pop(evaluation_only)
+    return {
+        "data": data,
+        "supernet": dataclasses.asdict(self.supernet),
+        "search": dataclasses.asdict(self.search),
+        "seed": self.runtime.seed,
+    }

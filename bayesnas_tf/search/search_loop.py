@@ -1,0 +1,542 @@
+"""The BayesNAS search loop (DESIGN.md 5; the paper's Algorithm 1/2).
+
+Per iteration t = 1..T:
+  phase 0, warm-up: weights only, gates frozen, cutout on, on a disjoint
+    fraction of the training split;
+  phase 1, search: weights and gates jointly on the rest, loss =
+    cross-entropy + re-weighted group lasso (eq. 21) + weight decay on weights;
+  phase 2, update: Hessian diagonal w.r.t. the gates (BN in inference mode),
+    the update of eq. 17-20, pruning at gamma <= 1/(2 pi e), and masking.
+
+Everything is written for `tf.distribute`: variables, optimizers and the
+prior live under `strategy.scope()`, steps go through `strategy.run`, losses
+are scaled by the global batch and Hessian sums are all-reduced.
+
+All state (weights, gates, masks, both optimizers, prior, iteration / phase /
+step) is checkpointed; the data order and augmentation are pure functions of
+(seed, iteration, phase, epoch, position), so a killed search resumes at the
+last checkpoint and ends exactly as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Dict, List, Optional
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bayesnas_tf import data as data_lib
+from bayesnas_tf import visualize
+from bayesnas_tf.checkpointing import variables_by_path
+from bayesnas_tf.config import ExperimentConfig
+from bayesnas_tf.errors import CheckpointMismatchError, ConfigError
+from bayesnas_tf.errors import TrainingDivergedError
+from bayesnas_tf.genotype import Genotype
+from bayesnas_tf.io_utils import atomic_write_text
+from bayesnas_tf.models.supernet import SuperNet
+from bayesnas_tf.search import hessian as hessian_lib
+from bayesnas_tf.search import prior as prior_lib
+from bayesnas_tf.search.derive import derive_genotype
+from bayesnas_tf.search_space import get_search_space
+
+PHASES = ("warmup", "search", "update")
+WARMUP, SEARCH, UPDATE = range(3)
+POSTERIOR_SCHEMA_VERSION = 1
+LOG_EVERY = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+  model_dir: str
+  genotype: Genotype
+  genotype_path: str
+  posterior_path: str
+  test_accuracy: float
+
+
+class SearchState(tf.Module):
+  """Where the search is: iteration, phase, step within the phase."""
+
+  def __init__(self):
+    super().__init__(name="search_state")
+    self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.phase = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.finished = tf.Variable(False, trainable=False)
+
+
+def check_model_dir(config: ExperimentConfig) -> None:
+  """Refuses a `model_dir` holding a search of a different configuration.
+
+  Runs before anything is written, so a refused run changes nothing.
+  """
+  model_dir = config.runtime.model_dir
+  config_path = os.path.join(model_dir, "config.json")
+  has_checkpoint = tf.io.gfile.exists(os.path.join(model_dir, "checkpoints"))
+  if not tf.io.gfile.exists(config_path):
+    if has_checkpoint:
+      raise CheckpointMismatchError(
+          f"{model_dir} holds checkpoints but no config.json, so they cannot "
+          "be matched to this configuration; pass a new --model_dir")
+    return
+  try:
+    with tf.io.gfile.GFile(config_path) as f:
+      previous = ExperimentConfig.from_dict(json.load(f))
+  except (ValueError, TypeError, ConfigError) as error:
+    raise CheckpointMismatchError(
+        f"{config_path} cannot be read ({error}); pass a new --model_dir") from None
+  if previous.mode != "search":
+    raise CheckpointMismatchError(
+        f"{model_dir} holds a --mode={previous.mode} run; pass a new --model_dir")
+  old = json.loads(json.dumps(previous.search_fingerprint()))
+  new = json.loads(json.dumps(config.search_fingerprint()))
+  differences = _differences(old, new)
+  if differences:
+    raise CheckpointMismatchError(
+        f"{model_dir} holds a search with a different configuration "
+        f"({'; '.join(differences)}); pass a new --model_dir, or the original "
+        "flags to resume it")
+
+
+def _differences(old, new, prefix: str = "") -> List[str]:
+  """'key: old -> new' for every leaf that differs between two nested dicts."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    result = []
+    for key in sorted(set(old) | set(new)):
+      result += _differences(old.get(key), new.get(key),
+                             f"{prefix}.{key}" if prefix else key)
+    return result
+  return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+class BayesNASSearch:
+  """Runs (or resumes) one search in `config.runtime.model_dir`."""
+
+  def __init__(self, config: ExperimentConfig, dataset: data_lib.ImageDataset,
+               strategy: tf.distribute.Strategy):
+    self.config = config
+    self.strategy = strategy
+    self.model_dir = config.runtime.model_dir
+    self.space = get_search_space(config.supernet.search_space)
+    search, data = config.search, config.data
+    seed = config.runtime.seed
+
+    x_train, y_train = data_lib.subset(
+        dataset.x_train, dataset.y_train, data.max_train_examples, seed)
+    x_test, y_test = data_lib.subset(
+        dataset.x_test, dataset.y_test, data.max_eval_examples, 0)
+    self.dataset = dataset
+    warmup_idx, search_idx = data_lib.split_indices(
+        len(x_train), search.warmup_fraction, seed)
+    self.splits = {WARMUP: (x_train[warmup_idx], y_train[warmup_idx]),
+                   SEARCH: (x_train[search_idx], y_train[search_idx])}
+    self.test = (x_test, y_test)
+    self.batch_size = data.batch_size
+    self.steps_per_epoch = {}
+    for phase, (x, _) in self.splits.items():
+      steps = data_lib.num_batches(len(x), self.batch_size)
+      if steps == 0 and (phase == SEARCH or search.warmup_epochs > 0):
+        raise ConfigError(
+            f"--batch_size={self.batch_size} is larger than the {PHASES[phase]} "
+            f"split ({len(x)} examples); lower --batch_size or "
+            "change --warmup_fraction")
+      self.steps_per_epoch[phase] = steps
+    self.phase_steps = {WARMUP: search.warmup_epochs * self.steps_per_epoch[WARMUP],
+                        SEARCH: search.search_epochs * self.steps_per_epoch[SEARCH]}
+    num_replicas = strategy.num_replicas_in_sync
+    if self.batch_size % num_replicas:
+      raise ConfigError(
+          f"--batch_size={self.batch_size} must be divisible by the "
+          f"{num_replicas} replicas of --strategy={config.runtime.strategy}")
+    self.augment = {
+        WARMUP: data_lib.AugmentConfig(data.crop_padding, data.flip, data.cutout),
+        # The official search epoch uses crop and flip but no cutout.
+        SEARCH: data_lib.AugmentConfig(data.crop_padding, data.flip, 0),
+        UPDATE: data_lib.AugmentConfig(0, False, 0),
+    }
+    self.mean, self.std = dataset.mean, dataset.std
+    self.lambdas = prior_lib.gate_lambdas(
+        len(config.supernet.primitives), search.lambda_child,
+        search.effective_lambda_origin)
+    self._build()
+
+  # --- construction -------------------------------------------------------
+  def _build(self) -> None:
+    cfg = self.config
+    net_cfg, search = cfg.supernet, cfg.search
+    keras.utils.set_random_seed(cfg.runtime.seed)
+    with self.strategy.scope():
+      self.net = SuperNet(
+          self.dataset.num_classes, net_cfg.cells, net_cfg.channels,
+          net_cfg.search_space, net_cfg.primitives, net_cfg.stem_multiplier,
+          name="supernet")
+      self.net.build((None,) + tuple(self.dataset.image_shape))
+      clip = search.grad_clip or None
+      self.weight_optimizer = keras.optimizers.SGD(
+          search.learning_rate, momentum=search.momentum, global_clipnorm=clip,
+          name="weight_sgd")
+      # Gates: their own SGD, no weight decay (ALGORITHM.md 3.3).
+      self.arch_optimizer = keras.optimizers.SGD(
+          search.arch_learning_rate, momentum=search.arch_momentum,
+          name="arch_sgd")
+      self.weight_optimizer.build(self.net.weight_variables)
+      self.arch_optimizer.build(self.net.arch_variables)
+      types = self.net.present_cell_types
+      self.prior = prior_lib.HardPrior(
+          {t: len(self.net.cells_of_type(t)) for t in types},
+          {t: len(self.space.cell(t).edges) for t in types},
+          len(net_cfg.primitives) + 1, search.init, cfg.runtime.seed)
+      self.state = SearchState()
+    self.predecessors = {t: prior_lib.predecessor_matrix(self.space.cell(t))
+                         for t in self.net.present_cell_types}
+    self.checkpoint = tf.train.Checkpoint(
+        net=variables_by_path(self.net), weight_optimizer=self.weight_optimizer,
+        arch_optimizer=self.arch_optimizer, prior=self.prior, state=self.state)
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, os.path.join(self.model_dir, "checkpoints"),
+        max_to_keep=cfg.runtime.keep_checkpoints)
+    self._step_fns: Dict[str, object] = {}
+
+  def _restore(self) -> None:
+    latest = self.manager.latest_checkpoint
+    if not latest:
+      return
+    try:
+      self.checkpoint.restore(latest).assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError, ValueError) as error:
+      raise CheckpointMismatchError(
+          f"checkpoint {latest} cannot be restored into this configuration "
+          f"({str(error).splitlines()[0]}); pass a new --model_dir") from None
+    self.net.sync_active_ops()
+    logging.info("resumed from %s: iteration %d, phase %s, step %d", latest,
+                 int(self.state.iteration.numpy()) + 1,
+                 PHASES[int(self.state.phase.numpy())],
+                 int(self.state.step.numpy()))
+
+  def _save(self) -> None:
+    self.manager.save(checkpoint_number=int(self.state.global_step.numpy()))
+
+  # --- step functions -----------------------------------------------------
+  def _train_step_fn(self, train_gates: bool):
+    key = f"train_{train_gates}"
+    if key in self._step_fns:
+      return self._step_fns[key]
+    net, strategy = self.net, self.strategy
+    search = self.config.search
+    weight_vars, arch_vars = net.weight_variables, net.arch_variables
+    num_replicas = strategy.num_replicas_in_sync
+    global_batch = self.batch_size
+    lambdas = tf.constant(self.lambdas, tf.float32)
+    weight_decay = search.weight_decay
+
+    def replica_step(images, labels):
+      with tf.GradientTape() as tape:
+        logits = tf.cast(net(images, training=True), tf.float32)
+        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels, logits=logits)
+        ce = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        loss = ce
+        if weight_decay:
+          # PyTorch SGD semantics: grad += wd * w on every non-gate weight
+          # (BN included), i.e. 0.5 wd ||W||^2 in the loss (ALGORITHM.md 9.1).
+          decay = 0.5 * weight_decay * tf.add_n(
+              [tf.reduce_sum(tf.square(v)) for v in weight_vars])
+          loss += decay / num_replicas
+        penalty = tf.constant(0.0)
+        if train_gates:
+          omega = {t: tf.cast(v, tf.float32)
+                   for t, v in self.prior.omega_values().items()}
+          penalty = prior_lib.group_lasso_penalty(
+              net.gates_by_type(), omega, lambdas)
+          loss += penalty / num_replicas
+      variables = weight_vars + (arch_vars if train_gates else [])
+      # Gates of a fully pruned edge are unconnected: their gradient is 0.
+      grads = tape.gradient(loss, variables,
+                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      self.weight_optimizer.apply_gradients(
+          zip(grads[:len(weight_vars)], weight_vars))
+      if train_gates:
+        self.arch_optimizer.apply_gradients(
+            zip(grads[len(weight_vars):], arch_vars))
+      correct = tf.reduce_sum(tf.cast(
+          tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels),
+          tf.float32))
+      return tf.reduce_sum(per_example), penalty, correct
+
+    @tf.function(jit_compile=self.config.runtime.jit_compile or None)
+    def step(batch):
+      images, labels = batch
+      ce_sum, penalty, correct = strategy.run(replica_step, args=(images, labels))
+      sum_ = lambda t: strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)
+      return (sum_(ce_sum) / global_batch,
+              strategy.reduce(tf.distribute.ReduceOp.MEAN, penalty, axis=None),
+              sum_(correct) / global_batch)
+
+    self._step_fns[key] = step
+    return step
+
+  def _hessian_fn(self):
+    if "hessian" in self._step_fns:
+      return self._step_fns["hessian"]
+    net, strategy, method = self.net, self.strategy, self.config.search.hessian
+
+    def replica_fn(images, labels, seed):
+      replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+      seed = seed + tf.stack([0, tf.cast(replica, seed.dtype)])
+      return hessian_lib.gate_hessian(net, images, labels, method, seed)
+
+    def fn(batch, seed):
+      images, labels = batch
+      per_replica = strategy.run(replica_fn, args=(images, labels, seed))
+      return [strategy.reduce(tf.distribute.ReduceOp.SUM, h, axis=None)
+              for h in per_replica]
+
+    # The exact oracle does one HVP per gate; tracing it would unroll them.
+    fn = fn if method == "exact" else tf.function(fn)
+    self._step_fns["hessian"] = fn
+    return fn
+
+  def _eval_fn(self):
+    if "eval" in self._step_fns:
+      return self._step_fns["eval"]
+    net, strategy = self.net, self.strategy
+
+    def replica_fn(images, labels):
+      logits = net(images, training=False)
+      correct = tf.reduce_sum(tf.cast(tf.equal(
+          tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
+      return correct, tf.cast(tf.shape(labels)[0], tf.float32)
+
+    @tf.function
+    def fn(batch):
+      correct, count = strategy.run(replica_fn, args=batch)
+      return (strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None),
+              strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None))
+
+    self._step_fns["eval"] = fn
+    return fn
+
+  # --- data -----------------------------------------------------------------
+  def _phase_batches(self, phase: int, start_step: int):
+    """Yields (step, distributed batch) for one phase from `start_step` on."""
+    x, y = self.splits[SEARCH if phase == UPDATE else phase]
+    spe = self.steps_per_epoch[SEARCH if phase == UPDATE else phase]
+    total = self.config.search.hessian_batches if phase == UPDATE else self.phase_steps[phase]
+    iteration = int(self.state.iteration.numpy())
+    step = start_step
+    while step < total:
+      epoch, skip = divmod(step, spe)
+      dataset = data_lib.make_train_dataset(
+          x, y, batch_size=self.batch_size, seed=self.config.runtime.seed,
+          stream=(iteration, phase, epoch), mean=self.mean, std=self.std,
+          augment=self.augment[phase], skip_batches=skip)
+      dataset = dataset.take(min(spe - skip, total - step))
+      for batch in self.strategy.experimental_distribute_dataset(dataset):
+        yield step, batch
+        step += 1
+
+  def evaluate(self) -> float:
+    x, y = self.test
+    dataset = data_lib.make_eval_dataset(
+        x, y, batch_size=self.config.data.eval_batch_size, mean=self.mean,
+        std=self.std)
+    fn = self._eval_fn()
+    correct = count = 0.0
+    for batch in self.strategy.experimental_distribute_dataset(dataset):
+      c, n = fn(batch)
+      correct += float(c)
+      count += float(n)
+    return correct / max(count, 1.0)
+
+  # --- phases ---------------------------------------------------------------
+  def _run_training_phase(self, phase: int, writer) -> None:
+    start = int(self.state.step.numpy())
+    total = self.phase_steps[phase]
+    iteration = int(self.state.iteration.numpy())
+    if start >= total:
+      return
+    logging.info("iteration %d/%d, %s phase: steps %d..%d", iteration + 1,
+                 self.config.search.iterations, PHASES[phase], start + 1, total)
+    step_fn = self._train_step_fn(train_gates=phase == SEARCH)
+    bar = keras.utils.Progbar(
+        total, verbose=1 if self.config.runtime.progress else 0,
+        stateful_metrics=["loss", "penalty", "acc"], unit_name="step")
+    every = self.config.runtime.checkpoint_every
+    for step, batch in self._phase_batches(phase, start):
+      ce, penalty, accuracy = (float(v) for v in step_fn(batch))
+      if not (math.isfinite(ce) and math.isfinite(penalty)):
+        raise TrainingDivergedError(
+            f"the loss became {'NaN' if math.isnan(ce + penalty) else 'infinite'} "
+            f"in iteration {iteration + 1}, {PHASES[phase]} phase, step {step + 1}; "
+            "lower --learning_rate / --arch_learning_rate or --lambda_child and "
+            f"start a new --model_dir ({self.model_dir} keeps its last good "
+            "checkpoint)")
+      self.state.step.assign(step + 1)
+      self.state.global_step.assign_add(1)
+      global_step = int(self.state.global_step.numpy())
+      bar.update(step + 1, [("loss", ce), ("penalty", penalty), ("acc", accuracy)])
+      if global_step % LOG_EVERY == 0:
+        with writer.as_default(step=global_step):
+          tf.summary.scalar(f"{PHASES[phase]}/cross_entropy", ce)
+          tf.summary.scalar(f"{PHASES[phase]}/accuracy", accuracy)
+          if phase == SEARCH:
+            tf.summary.scalar("search/group_lasso", penalty)
+      if (step + 1) % every == 0 and step + 1 < total:
+        self._save()
+    accuracy = self.evaluate()
+    logging.info("iteration %d, after %s: test accuracy %.4f", iteration + 1,
+                 PHASES[phase], accuracy)
+    with writer.as_default(step=int(self.state.global_step.numpy())):
+      tf.summary.scalar(f"eval/accuracy_after_{PHASES[phase]}", accuracy)
+
+  def _run_update_phase(self, writer) -> None:
+    iteration = int(self.state.iteration.numpy())
+    search = self.config.search
+    fn = self._hessian_fn()
+    totals = None
+    batches = 0
+    for step, batch in self._phase_batches(UPDATE, 0):
+      seed = tf.constant([self.config.runtime.seed, 1000 * iteration + step],
+                         tf.int64)
+      h = fn(batch, seed)
+      totals = h if totals is None else [a + b for a, b in zip(totals, h)]
+      batches += 1
+    if not batches:
+      raise ConfigError(
+          "no batch is available for the Hessian; lower --batch_size")
+    # The Hessian is a sum over one batch, averaged over the batches.
+    per_cell = [tf.cast(h, tf.float64) / batches for h in totals]
+    types = self.net.cell_types
+    hessian_by_type = {
+        t: tf.stack([h for h, ct in zip(per_cell, types) if ct == t])
+        for t in self.net.present_cell_types}
+    gates_by_type = self.net.gates_by_type()
+    results = self.prior.update(
+        gates_by_type, hessian_by_type, self.lambdas, self.predecessors,
+        search.dependency, search.prune_threshold)
+    masks = self.prior.kept_masks()
+    self.net.set_masks({t: m.astype(np.float32) for t, m in masks.items()})
+    self._step_fns.clear()  # Re-trace without the pruned ops.
+    with writer.as_default(step=int(self.state.global_step.numpy())):
+      for t, result in results.items():
+        tf.summary.histogram(f"prior/{t}/gamma", result.gamma)
+        tf.summary.histogram(f"prior/{t}/log10_gamma",
+                             tf.math.log(tf.maximum(result.gamma, 1e-30)) / math.log(10.0))
+        tf.summary.histogram(f"prior/{t}/hessian", hessian_by_type[t])
+        tf.summary.histogram(f"prior/{t}/omega", result.omega)
+        tf.summary.scalar(f"prior/{t}/pruned_fraction",
+                          1.0 - float(np.mean(masks[t])))
+    kept = {t: int(m[:, :-1].sum()) for t, m in masks.items()}
+    logging.info("iteration %d update (hessian=%s over %d batch(es)): kept ops %s",
+                 iteration + 1, search.hessian, batches, kept)
+    self._write_outputs()
+
+  # --- outputs --------------------------------------------------------------
+  def posterior_dict(self) -> dict:
+    cfg = self.config
+    primitives = list(cfg.supernet.primitives)
+    gate_names = primitives + ["all"]
+    gates = {t: g.numpy() for t, g in self.net.gates_by_type().items()}
+    groups = []
+    for t in self.prior.cell_types:
+      spec = self.space.cell(t)
+      values = {name: getattr(self.prior, name)[t].numpy() for name in (
+          "gamma", "omega", "switch", "covariance", "hessian", "hessian_scaled",
+          "kept")}
+      for e, edge_name in enumerate(spec.edge_names):
+        for g, gate in enumerate(gate_names):
+          w = gates[t][:, e, g]
+          groups.append({
+              "cell_type": t, "edge": edge_name, "gate": gate,
+              "lambda": float(self.lambdas[g]),
+              "w": [float(v) for v in w],
+              "w_norm": float(np.linalg.norm(w)),
+              "H": [float(v) for v in values["hessian"][:, e, g]],
+              "H_scaled": [float(v) for v in values["hessian_scaled"][:, e, g]],
+              "C": [float(v) for v in values["covariance"][:, e, g]],
+              "omega": float(values["omega"][e, g]),
+              "s": float(values["switch"][e, g]),
+              "gamma": float(values["gamma"][e, g]),
+              "entropy": float(prior_lib.entropy(max(values["gamma"][e, g], 1e-300))),
+              "kept": bool(values["kept"][e, g] > 0.5),
+          })
+    return {
+        "schema_version": POSTERIOR_SCHEMA_VERSION,
+        "updates": int(self.prior.updates.numpy()),
+        "threshold": cfg.search.prune_threshold,
+        "dependency": cfg.search.dependency,
+        "init": cfg.search.init,
+        "hessian": {
+            "method": cfg.search.hessian,
+            "batches": cfg.search.hessian_batches,
+            "batch_size": self.batch_size,
+            "convention": (
+                "H is the Hessian diagonal of the cross-entropy summed over "
+                "the examples of one batch (BN in inference mode), averaged "
+                "over `batches` batches; the prior uses H_scaled = H / lambda "
+                "(eq. 17)"),
+        },
+        "gate_layout": "gate 'all' is the edge gate w_all (Sec. 4.2); lists hold one value per cell of the type",
+        "groups": groups,
+    }
+
+  def genotype(self) -> Genotype:
+    cfg = self.config
+    metadata = {
+        "lambda_child": cfg.search.lambda_child,
+        "lambda_origin": cfg.search.effective_lambda_origin,
+        "seed": cfg.runtime.seed, "hessian": cfg.search.hessian,
+        "hessian_batches": cfg.search.hessian_batches,
+        "dependency": cfg.search.dependency, "init": cfg.search.init,
+        "iterations": int(self.prior.updates.numpy()),
+        "prune_threshold": cfg.search.prune_threshold,
+        "dataset": cfg.data.dataset, "search_space": cfg.supernet.search_space,
+        "cells": cfg.supernet.cells, "channels": cfg.supernet.channels,
+    }
+    return derive_genotype(self.space, cfg.supernet.primitives,
+                           self.prior.kept_masks(), "conv", metadata)
+
+  def _write_outputs(self) -> Genotype:
+    posterior_path = os.path.join(self.model_dir, "posterior.json")
+    atomic_write_text(posterior_path,
+                      json.dumps(self.posterior_dict(), indent=2, sort_keys=True))
+    genotype = self.genotype()
+    genotype.save(os.path.join(self.model_dir, "genotype.json"))
+    visualize.write_cell_pictures(genotype, os.path.join(self.model_dir, "cells"))
+    return genotype
+
+  # --- driver ---------------------------------------------------------------
+  def run(self) -> SearchResult:
+    self._restore()
+    paths = (os.path.join(self.model_dir, "genotype.json"),
+             os.path.join(self.model_dir, "posterior.json"))
+    writer = tf.summary.create_file_writer(
+        os.path.join(self.model_dir, "tensorboard"))
+    iterations = self.config.search.iterations
+    while not bool(self.state.finished.numpy()):
+      phase = int(self.state.phase.numpy())
+      if phase in (WARMUP, SEARCH):
+        self._run_training_phase(phase, writer)
+      else:
+        self._run_update_phase(writer)
+      next_phase = (phase + 1) % len(PHASES)
+      if next_phase == WARMUP:
+        self.state.iteration.assign_add(1)
+        if int(self.state.iteration.numpy()) >= iterations:
+          self.state.finished.assign(True)
+      self.state.phase.assign(next_phase)
+      self.state.step.assign(0)
+      self._save()
+    writer.flush()
+    genotype = self._write_outputs()
+    accuracy = self.evaluate()
+    logging.info("search finished: genotype in %s (test accuracy of the "
+                 "pruned supernet %.4f)", paths[0], accuracy)
+    return SearchResult(self.model_dir, genotype, paths[0], paths[1], accuracy)

@@ -1,0 +1,133 @@
+"""bayesnas_tf command line: `python main.py --mode=search [--flagfile=...]`.
+
+All flags are defined here and only here; they become a frozen
+`ExperimentConfig` that the library takes (STYLE.md 13-14). A flag left unset
+takes the default of the mode's configuration (e.g. the search's SGD lr 0.1).
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Quiet TF's C++ start-up logs.
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+
+from bayesnas_tf import config as config_lib
+from bayesnas_tf.errors import BayesNASError
+
+FLAGS = flags.FLAGS
+
+# --- mode and run ---------------------------------------------------------
+flags.DEFINE_enum("mode", None, list(config_lib.MODES), "What to run.")
+flags.DEFINE_bool("summary_only", False,
+                  "Build the model, print its parameter counts and exit.")
+flags.DEFINE_string("model_dir", None, "Output and checkpoint directory.")
+flags.DEFINE_enum("strategy", None, list(config_lib.STRATEGIES),
+                  "tf.distribute strategy.")
+flags.DEFINE_integer("logical_cpu_devices", None,
+                     "Split the CPU into N logical devices (for --strategy=mirrored "
+                     "without GPUs); 0 = off.")
+flags.DEFINE_integer("seed", None, "Random seed (weights, data order, prior init).")
+flags.DEFINE_bool("deterministic", None, "Enable TF op determinism.")
+flags.DEFINE_bool("jit_compile", None, "XLA-compile the step functions.")
+flags.DEFINE_integer("checkpoint_every", None, "Steps between checkpoints.")
+flags.DEFINE_integer("keep_checkpoints", None, "Checkpoints to keep.")
+flags.DEFINE_bool("progress", None, "Show progress bars.")
+
+# --- data -----------------------------------------------------------------
+flags.DEFINE_string("dataset", None,
+                    "digits (embedded, offline), a TFDS name (cifar10, ...), "
+                    "npz:PATH or folder:PATH.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+flags.DEFINE_bool("download", None, "Let TFDS download the dataset.")
+flags.DEFINE_integer("batch_size", None, "Global batch size.")
+flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size.")
+flags.DEFINE_integer("crop_padding", None, "Padding of the random crop (0 = off).")
+flags.DEFINE_bool("flip", None, "Random horizontal flips.")
+flags.DEFINE_integer("cutout", None, "Cutout side in pixels (0 = off).")
+flags.DEFINE_integer("max_train_examples", None,
+                     "Use a seeded random N of the training examples (0 = all).")
+flags.DEFINE_integer("max_eval_examples", None,
+                     "Evaluate on a fixed random N test examples (0 = all).")
+
+# --- supernet -------------------------------------------------------------
+flags.DEFINE_string("search_space", None, "Cell DAG: bayesnas or darts.")
+flags.DEFINE_integer("cells", None, "Number of cells.")
+flags.DEFINE_integer("channels", None, "Channels C of the first cells.")
+flags.DEFINE_list("primitives", None, "Candidate ops (default: all 7).")
+flags.DEFINE_integer("stem_multiplier", None, "Stem channels = multiplier * C.")
+
+# --- search ---------------------------------------------------------------
+flags.DEFINE_float("lambda_child", None, "lambda_w^o of the op gates (eq. 21).")
+flags.DEFINE_float("lambda_origin", None,
+                   "lambda of the edge gates w_all (default: lambda_child).")
+flags.DEFINE_float("learning_rate", None, "SGD learning rate of the weights.")
+flags.DEFINE_float("momentum", None, "SGD momentum of the weights.")
+flags.DEFINE_float("weight_decay", None, "Weight decay (weights only).")
+flags.DEFINE_float("arch_learning_rate", None, "SGD learning rate of the gates.")
+flags.DEFINE_float("arch_momentum", None, "SGD momentum of the gates.")
+flags.DEFINE_float("warmup_fraction", None,
+                   "Fraction of the training split for the warm-up.")
+flags.DEFINE_integer("warmup_epochs", None, "Warm-up epochs per iteration.")
+flags.DEFINE_integer("search_epochs", None, "Joint epochs per iteration.")
+flags.DEFINE_integer("iterations", None, "Search iterations T.")
+flags.DEFINE_enum("hessian", None, list(config_lib.HESSIAN_METHODS),
+                  "Gate Hessian estimator.")
+flags.DEFINE_integer("hessian_batches", None, "Batches the Hessian averages over.")
+flags.DEFINE_enum("dependency", None, list(config_lib.DEPENDENCIES),
+                  "eq. 8 with predecessors (paper) or without (official).")
+flags.DEFINE_enum("init", None, list(config_lib.INITS),
+                  "gamma/omega init: ones (paper) or U(0,1) (official).")
+flags.DEFINE_float("prune_threshold", None,
+                   "Prune when gamma <= this (default 1/(2 pi e)).")
+flags.DEFINE_float("grad_clip", None, "Global-norm clip of weight gradients (0 = off).")
+
+SECTION_FLAGS = {
+    "data": config_lib.DataConfig,
+    "supernet": config_lib.SupernetConfig,
+    "search": config_lib.SearchConfig,
+    "runtime": config_lib.RuntimeConfig,
+}
+
+
+def build_config() -> config_lib.ExperimentConfig:
+  """Flags -> frozen, validated config; unset flags keep the mode defaults."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  sections = {}
+  for section, cls in SECTION_FLAGS.items():
+    values = {}
+    for field in dataclasses.fields(cls):
+      if field.name in FLAGS and FLAGS[field.name].value is not None:
+        value = FLAGS[field.name].value
+        values[field.name] = tuple(value) if isinstance(value, list) else value
+    sections[section] = cls(**values)
+  return config_lib.ExperimentConfig(mode=FLAGS.mode, **sections).validate()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
+  try:
+    config = build_config()
+    if FLAGS.summary_only:
+      for key, value in modes.summary(config).items():
+        print(f"{key}: {value}")
+      return 0
+    modes.run(config, FLAGS.flags_into_string())
+  except BayesNASError as error:
+    sys.stderr.write(f"error: {error}\n")
+    return 1
+  except KeyboardInterrupt:
+    sys.stderr.write("interrupted; run the same command again to resume from "
+                     "the last checkpoint\n")
+    return 130
+  return 0
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("mode")
+  logging.set_verbosity(logging.INFO)
+  app.run(main)

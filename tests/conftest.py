@@ -1,0 +1,63 @@
+"""Shared test helpers: the repository root, ../shared/data, running main.py."""
+
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+CIFAR_SUBSET = SHARED_DATA / "cifar10_subset.npz"
+MNIST = SHARED_DATA / "mnist.npz"
+
+# A search small enough for CI: 3 cells (N R R), C = 4, 4 primitives, 600
+# digits, two iterations so pruned gates are masked in a second round. Per
+# iteration: 3 warm-up steps and 3 x 15 search steps of 32 examples.
+TINY_SEARCH_FLAGS = (
+    "--mode=search", "--dataset=digits", "--cells=3", "--channels=4",
+    "--primitives=sep3,max,avg,id", "--batch_size=32",
+    "--max_train_examples=600", "--max_eval_examples=100",
+    "--warmup_fraction=0.2", "--warmup_epochs=1", "--search_epochs=3",
+    "--iterations=2", "--lambda_child=0.1", "--learning_rate=0.05",
+    "--arch_learning_rate=0.05", "--crop_padding=1", "--cutout=4",
+    "--hessian_batches=2", "--checkpoint_every=4", "--noprogress",
+)
+
+
+def requires_shared_data(path: pathlib.Path):
+  return pytest.mark.skipif(
+      not path.exists(),
+      reason=f"{path} not present (../shared/data is only on dev/CI machines)")
+
+
+def run_main(*args, timeout=600, env=None):
+  """Runs `python main.py ARGS` from the repository root."""
+  environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+                     PYTHONUNBUFFERED="1")
+  environment.update(env or {})
+  return subprocess.run(
+      [sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT,
+      capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+def start_main(*args, env=None):
+  environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+                     PYTHONUNBUFFERED="1")
+  environment.update(env or {})
+  return subprocess.Popen(
+      [sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT,
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+      env=environment)
+
+
+def tree_digest(path) -> dict:
+  """{relative path: sha256} of every file under `path`."""
+  path = pathlib.Path(path)
+  result = {}
+  for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    result[str(file.relative_to(path))] = hashlib.sha256(
+        file.read_bytes()).hexdigest()
+  return result
