@@ -17,12 +17,18 @@ import tensorflow as tf
 
 
 def variables_by_path(model: keras.layers.Layer) -> Dict[str, tf.Variable]:
-  """All variables of `model`, keyed by their unique Keras path."""
+  """All variables of `model`, keyed by their unique path inside the model.
+
+  The model's own name is left out of the key, so a checkpoint restores into
+  another instance whatever Keras auto-named it.
+  """
+  prefix = model.name + "/"
   result = {}
   for variable in model.variables:
-    if variable.path in result:
+    key = variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
+    if key in result:
       raise ValueError(
-          f"two variables of {model.name} share the path {variable.path!r}; "
+          f"two variables of {model.name} share the path {key!r}; "
           "give the layers unique names")
-    result[variable.path] = variable
+    result[key] = variable
   return result

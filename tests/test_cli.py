@@ -1,0 +1,74 @@
+"""The command line: parameter counts, and bad input -> one clear line, a
+non-zero exit, and nothing in --model_dir lost."""
+
+import pytest
+
+from conftest import TINY_SEARCH_FLAGS, run_main, tree_digest
+
+QUICK_FLAGS = [f for f in TINY_SEARCH_FLAGS if not f.startswith(
+    ("--max_train_examples", "--search_epochs", "--iterations", "--primitives",
+     "--warmup_fraction"))]
+QUICK_FLAGS += ["--max_train_examples=96", "--warmup_fraction=0.4", "--search_epochs=1", "--iterations=1",
+                "--primitives=max,id"]
+
+
+def _assert_clean_failure(result, pattern):
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  # The message is the last line (absl's flag errors add a help hint after).
+  last = "\n".join(result.stderr.strip().splitlines()[-2:])
+  assert pattern in last, result.stderr[-2000:]
+  return last
+
+
+def test_summary_only_paper_supernet():
+  result = run_main("--flagfile=flags/search_cifar10.flags", "--summary_only")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.splitlines() == ["trainable_params: 26911350", "gates: 512"]
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "Flag --mode must have a value"),
+    (("--mode=foo",), "value should be one of"),
+    (("--mode=search", "--lambda_child=0"), "--lambda_child must be > 0"),
+    (("--mode=search", "--lambda_child=-0.01"), "--lambda_child must be > 0"),
+    (("--mode=search", "--primitives=sep3,foo"), "unknown primitive(s) foo"),
+    (("--mode=search", "--cells=2"), "--cells must be at least 3"),
+    (("--mode=search", "--search_space=nas"), "unknown search space 'nas'"),
+    (("--mode=search", "--dataset=nosuch"), "unknown --dataset 'nosuch'"),
+    (("--mode=search", "--dataset=npz:/no/such/file.npz"), "does not exist"),
+])
+def test_bad_flags(tmp_path, args, message):
+  model_dir = tmp_path / "run"
+  result = run_main(*args, f"--model_dir={model_dir}")
+  _assert_clean_failure(result, message)
+  assert not model_dir.exists()
+
+
+def test_tfds_offline_says_what_to_pass(tmp_path):
+  result = run_main("--mode=search", "--dataset=cifar10",
+                    f"--data_dir={tmp_path / 'tfds'}",
+                    f"--model_dir={tmp_path / 'run'}")
+  last = _assert_clean_failure(result, "could not load TFDS dataset 'cifar10'")
+  assert "--download" in last and "npz:PATH" in last
+
+
+def test_other_configuration_in_model_dir_is_refused(tmp_path):
+  model_dir = tmp_path / "run"
+  first = run_main(*QUICK_FLAGS, f"--model_dir={model_dir}")
+  assert first.returncode == 0, first.stderr[-3000:]
+  before = tree_digest(model_dir)
+  result = run_main(*QUICK_FLAGS, "--channels=8", f"--model_dir={model_dir}")
+  last = _assert_clean_failure(result, "holds a search with a different configuration")
+  assert "supernet.channels: 4 -> 8" in last and "new --model_dir" in last
+  assert tree_digest(model_dir) == before
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_checkpoints(tmp_path):
+  model_dir = tmp_path / "run"
+  result = run_main(*QUICK_FLAGS, "--learning_rate=1e30",
+                    f"--model_dir={model_dir}")
+  last = _assert_clean_failure(result, "the loss became")
+  assert "lower --learning_rate" in last
+  assert (model_dir / "config.json").exists()
+  assert not (model_dir / "genotype.json").exists()
