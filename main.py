@@ -84,26 +84,50 @@ flags.DEFINE_float("prune_threshold", None,
                    "Prune when gamma <= this (default 1/(2 pi e)).")
 flags.DEFINE_float("grad_clip", None, "Global-norm clip of weight gradients (0 = off).")
 
-SECTION_FLAGS = {
-    "data": config_lib.DataConfig,
-    "supernet": config_lib.SupernetConfig,
-    "search": config_lib.SearchConfig,
-    "runtime": config_lib.RuntimeConfig,
-}
+# --- retrain / transfer ----------------------------------------------------
+flags.DEFINE_string("genotype", None,
+                    "Built-in genotype (bayesnas_l0.01, bayesnas_l0.007, "
+                    "bayesnas_l0.005, bayesnas_imagenet), a genotype.json, or a "
+                    "search's --model_dir.")
+flags.DEFINE_integer("epochs", None, "Training epochs.")
+flags.DEFINE_enum("lr_schedule", None, list(config_lib.LR_SCHEDULES),
+                  "Per-epoch learning-rate schedule.")
+flags.DEFINE_float("lr_decay", None, "Per-epoch factor of the exponential schedule.")
+flags.DEFINE_enum("drop_path", None, list(config_lib.DROP_PATHS),
+                  "official: per-op channel dropout; darts: drop-path.")
+flags.DEFINE_float("drop_prob", None, "Final drop probability (ramped from 0).")
+flags.DEFINE_bool("auxiliary", None, "Add the auxiliary head.")
+flags.DEFINE_float("auxiliary_weight", None, "Auxiliary loss weight.")
+flags.DEFINE_float("label_smoothing", None, "Label smoothing of the targets.")
+flags.DEFINE_integer("image_size", None, "Crop size (0 = the dataset's own size).")
+flags.DEFINE_string("warm_start", None,
+                    "A retrain --model_dir whose cell weights start the cells.")
 
+# --- export -----------------------------------------------------------------
+flags.DEFINE_bool("export", None, "Export a SavedModel at the end of training.")
+flags.DEFINE_string("export_dir", None, "Root of the exported models.")
+flags.DEFINE_string("model_name", None,
+                    "Folder of the exported model (default: the genotype name).")
 
 def build_config() -> config_lib.ExperimentConfig:
-  """Flags -> frozen, validated config; unset flags keep the mode defaults."""
+  """Flags -> frozen, validated config; unset flags keep the mode defaults.
+
+  A flag sets the field of that name in every section that has one (e.g.
+  --learning_rate in both the search and the training section); each mode
+  reads only its own sections.
+  """
   import dataclasses  # pylint: disable=g-import-not-at-top
+  config = config_lib.default_config(FLAGS.mode)
   sections = {}
-  for section, cls in SECTION_FLAGS.items():
+  for section in config_lib.SECTIONS:
+    current = getattr(config, section)
     values = {}
-    for field in dataclasses.fields(cls):
+    for field in dataclasses.fields(current):
       if field.name in FLAGS and FLAGS[field.name].value is not None:
         value = FLAGS[field.name].value
         values[field.name] = tuple(value) if isinstance(value, list) else value
-    sections[section] = cls(**values)
-  return config_lib.ExperimentConfig(mode=FLAGS.mode, **sections).validate()
+    sections[section] = dataclasses.replace(current, **values)
+  return dataclasses.replace(config, **sections).validate()
 
 
 def main(argv):

@@ -10,10 +10,12 @@ every variable by construction.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import keras
 import tensorflow as tf
+
+from bayesnas_tf.errors import CheckpointMismatchError
 
 
 def variables_by_path(model: keras.layers.Layer) -> Dict[str, tf.Variable]:
@@ -32,3 +34,22 @@ def variables_by_path(model: keras.layers.Layer) -> Dict[str, tf.Variable]:
           "give the layers unique names")
     result[key] = variable
   return result
+
+
+def restore_latest(checkpoint: tf.train.Checkpoint,
+                   manager: tf.train.CheckpointManager) -> Optional[str]:
+  """Restores the newest checkpoint, if any; a mismatch is a user error.
+
+  Returns the restored path (None when there is none). Every object that
+  exists now must find its value in the checkpoint.
+  """
+  latest = manager.latest_checkpoint
+  if not latest:
+    return None
+  try:
+    checkpoint.restore(latest).assert_existing_objects_matched()
+  except (tf.errors.OpError, AssertionError, ValueError) as error:
+    raise CheckpointMismatchError(
+        f"checkpoint {latest} cannot be restored into this configuration "
+        f"({str(error).splitlines()[0][:200]}); pass a new --model_dir") from None
+  return latest

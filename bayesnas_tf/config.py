@@ -205,20 +205,116 @@ class RuntimeConfig:
     _positive("keep_checkpoints", self.keep_checkpoints)
 
 
+LR_SCHEDULES = ("cosine", "exponential", "constant")
+DROP_PATHS = ("official", "darts")
+VARIANTS = ("cifar", "imagenet")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Training a derived network (--mode=retrain / transfer, DESIGN.md 7).
+
+  Attributes:
+    genotype: a built-in genotype name or a path to genotype.json (or to a
+      search's model_dir).
+    variant: "cifar" (retrain) or "imagenet" (transfer) macro network.
+    cells, channels: network size (paper: 20 / 36 CIFAR, 14 / 48 ImageNet).
+    epochs: training epochs.
+    learning_rate, lr_schedule, lr_decay: the initial lr; "cosine" to 0 over
+      the epochs, or "exponential" (lr * lr_decay^epoch), per epoch.
+    momentum, weight_decay, grad_clip: SGD; weight decay on all weights; the
+      global gradient norm is clipped (0 = off).
+    drop_path: "official" (per-op channel dropout) or "darts" (drop-path).
+    drop_prob: final drop probability, ramped 0 -> drop_prob over the epochs.
+    auxiliary, auxiliary_weight: DARTS auxiliary head and its loss weight.
+    label_smoothing: of the cross-entropy targets.
+    image_size: training/evaluation crop (0 = the dataset's own size).
+    warm_start: a retrain model_dir whose cell weights initialise the cells.
+  """
+  genotype: str = "bayesnas_l0.01"
+  variant: str = "cifar"
+  cells: int = 20
+  channels: int = 36
+  epochs: int = 600
+  learning_rate: float = 0.025
+  lr_schedule: str = "cosine"
+  lr_decay: float = 0.97
+  momentum: float = 0.9
+  weight_decay: float = 3e-4
+  grad_clip: float = 5.0
+  drop_path: str = "official"
+  drop_prob: float = 0.2
+  auxiliary: bool = False
+  auxiliary_weight: float = 0.4
+  label_smoothing: float = 0.0
+  image_size: int = 0
+  warm_start: Optional[str] = None
+
+  def validate(self) -> None:
+    if not self.genotype:
+      raise ConfigError("--genotype must name a built-in genotype or a genotype.json")
+    _choice("variant", self.variant, VARIANTS)
+    if self.cells < 3:
+      raise ConfigError(f"--cells must be at least 3; received cells={self.cells}")
+    if self.channels < 2:
+      raise ConfigError(f"--channels must be at least 2; received channels={self.channels}")
+    _positive("epochs", self.epochs)
+    _positive("learning_rate", self.learning_rate)
+    _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+    if not 0 < self.lr_decay <= 1:
+      raise ConfigError(f"--lr_decay must be in (0, 1]; received {self.lr_decay!r}")
+    if not 0 <= self.momentum < 1:
+      raise ConfigError(f"--momentum must be in [0, 1); received {self.momentum!r}")
+    _positive("weight_decay", self.weight_decay, allow_zero=True)
+    _positive("grad_clip", self.grad_clip, allow_zero=True)
+    _choice("drop_path", self.drop_path, DROP_PATHS)
+    if not 0 <= self.drop_prob < 1:
+      raise ConfigError(f"--drop_prob must be in [0, 1); received {self.drop_prob!r}")
+    _positive("auxiliary_weight", self.auxiliary_weight, allow_zero=True)
+    if not 0 <= self.label_smoothing < 1:
+      raise ConfigError(
+          f"--label_smoothing must be in [0, 1); received {self.label_smoothing!r}")
+    _positive("image_size", self.image_size, allow_zero=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+  """SavedModel export to <export_dir>/<model_name>/<version>/ (DESIGN.md 7).
+
+  Attributes:
+    export: export at the end of retrain/transfer/compress.
+    export_dir: the model repository root (TF Serving's --model_base_path
+      parent).
+    model_name: the model's folder; default: the genotype (or model) name.
+  """
+  export: bool = True
+  export_dir: str = "saved_models"
+  model_name: Optional[str] = None
+
+  def validate(self) -> None:
+    if not self.export_dir:
+      raise ConfigError("--export_dir must not be empty")
+    if self.model_name is not None and (
+        not self.model_name or any(c in self.model_name for c in "/\\") or
+        self.model_name in (".", "..")):
+      raise ConfigError(
+          f"--model_name must be a plain folder name; received {self.model_name!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   mode: str = "search"
   data: DataConfig = DataConfig()
   supernet: SupernetConfig = SupernetConfig()
   search: SearchConfig = SearchConfig()
+  train: TrainConfig = TrainConfig()
+  export: ExportConfig = ExportConfig()
   runtime: RuntimeConfig = RuntimeConfig()
 
   def validate(self) -> "ExperimentConfig":
     _choice("mode", self.mode, MODES)
-    self.data.validate()
-    self.supernet.validate()
-    self.search.validate()
-    self.runtime.validate()
+    for section in SECTIONS:
+      getattr(self, section).validate()
     return self
 
   def to_dict(self) -> Dict[str, Any]:
@@ -241,8 +337,7 @@ class ExperimentConfig:
       if key == "mode":
         kwargs[key] = value
         continue
-      section_cls = {"data": DataConfig, "supernet": SupernetConfig,
-                     "search": SearchConfig, "runtime": RuntimeConfig}[key]
+      section_cls = SECTIONS[key]
       field_names = {f.name for f in dataclasses.fields(section_cls)}
       unknown = set(value) - field_names
       if unknown:
@@ -254,14 +349,50 @@ class ExperimentConfig:
       kwargs[key] = section_cls(**section)
     return cls(**kwargs)
 
-  def search_fingerprint(self) -> Dict[str, Any]:
-    """What a search checkpoint depends on; resuming needs an exact match."""
+  def fingerprint(self) -> Dict[str, Any]:
+    """What a run's checkpoints depend on; resuming needs an exact match.
+
+    The data settings (without evaluation-only fields), the mode's own
+    section(s) and the seed.
+    """
     data = dataclasses.asdict(self.data)
     for evaluation_only in ("eval_batch_size", "max_eval_examples"):
       data.pop(evaluation_only)
-    return {
-        "data": data,
-        "supernet": dataclasses.asdict(self.supernet),
-        "search": dataclasses.asdict(self.search),
-        "seed": self.runtime.seed,
-    }
+    sections = {"search": ("supernet", "search"), "retrain": ("train",),
+                "transfer": ("train",)}.get(self.mode, ())
+    result = {"data": data, "seed": self.runtime.seed}
+    for section in sections:
+      result[section] = dataclasses.asdict(getattr(self, section))
+    return result
+
+
+SECTIONS = {
+    "data": DataConfig, "supernet": SupernetConfig, "search": SearchConfig,
+    "train": TrainConfig, "export": ExportConfig, "runtime": RuntimeConfig,
+}
+
+
+def default_config(mode: str) -> ExperimentConfig:
+  """The defaults of one mode; flags override them field by field.
+
+  retrain: the paper's CIFAR-10 retraining (DARTS settings, ALGORITHM.md
+  5.2); transfer: the ImageNet mobile setting (ALGORITHM.md 5.3).
+  """
+  if mode == "retrain":
+    return ExperimentConfig(
+        mode=mode, data=DataConfig(dataset="cifar10", batch_size=128, cutout=16),
+        runtime=RuntimeConfig(model_dir="runs/retrain"))
+  if mode == "transfer":
+    return ExperimentConfig(
+        mode=mode,
+        data=DataConfig(dataset="imagenet2012", batch_size=128, crop_padding=0,
+                        cutout=0),
+        train=TrainConfig(
+            genotype="bayesnas_imagenet", variant="imagenet", cells=14,
+            channels=48, epochs=250, learning_rate=0.1, lr_schedule="exponential",
+            lr_decay=0.97, weight_decay=3e-5, drop_prob=0.0,
+            label_smoothing=0.1, image_size=224),
+        runtime=RuntimeConfig(model_dir="runs/transfer"))
+  if mode == "export":
+    return ExperimentConfig(mode=mode, runtime=RuntimeConfig(model_dir="runs/retrain"))
+  return ExperimentConfig(mode=mode)

@@ -506,7 +506,7 @@ def _check_arrays(x, y, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   return x, y
 
 
-def _normaliser(mean, std, channels: int):
+def normaliser(mean, std, channels: int):
   mean = np.asarray(mean, np.float32).reshape(-1)
   std = np.asarray(std, np.float32).reshape(-1)
   if mean.shape != (channels,) or std.shape != (channels,):
@@ -519,7 +519,7 @@ def _normaliser(mean, std, channels: int):
   return normalise
 
 
-def _epoch_seed(seed: int, stream: Sequence[int]) -> np.ndarray:
+def epoch_seed(seed: int, stream: Sequence[int]) -> np.ndarray:
   """A [2] int64 stateless-op key for one (seed, stream) epoch.
 
   A spawned child of the SeedSequence behind the example order, so the
@@ -586,18 +586,18 @@ def make_train_dataset(x, y, *, batch_size: int, seed: int,
   n, height, width, channels = x.shape
   order = np.random.default_rng([int(seed), *(int(s) for s in stream)]
                                 ).permutation(n)
-  normalise = _normaliser(mean, std, channels)
+  normalise = normaliser(mean, std, channels)
   images = tf.constant(x)
   labels = tf.constant(y.astype(np.int32))
   order_t = tf.constant(order, tf.int64)
-  epoch_seed = tf.constant(_epoch_seed(seed, stream), tf.int64)
+  epoch_key = tf.constant(epoch_seed(seed, stream), tf.int64)
   pad, flip, side = int(augment.crop_padding), bool(augment.flip), int(augment.cutout)
 
   def load(position):
     index = order_t[position]
     image = images[index]
     keys = tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(epoch_seed, position), 3)
+        tf.random.experimental.stateless_fold_in(epoch_key, position), 3)
     if pad > 0:
       image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
       image = tf.image.stateless_random_crop(
@@ -634,7 +634,7 @@ def make_eval_dataset(x, y, *, batch_size: int, mean,
     A dataset of (float32 images (B, H, W, C), int32 labels (B,)).
   """
   x, y = _check_arrays(x, y, batch_size)
-  normalise = _normaliser(mean, std, x.shape[-1])
+  normalise = normaliser(mean, std, x.shape[-1])
   images = tf.constant(x)
   labels = tf.constant(y.astype(np.int32))
 
@@ -646,3 +646,47 @@ def make_eval_dataset(x, y, *, batch_size: int, mean,
   dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=True)
   return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayTrainingData:
+  """An in-memory `ImageDataset` behind the interface of the trainer.
+
+  The same `train(...)` / `test(...)` interface as
+  `streaming_data.StreamingDataset`, so one trainer serves both.
+  """
+  dataset: ImageDataset
+  augment: AugmentConfig
+  max_train_examples: int = 0
+  max_eval_examples: int = 0
+  seed: int = 0
+
+  def __post_init__(self):
+    x, y = subset(self.dataset.x_train, self.dataset.y_train,
+                  self.max_train_examples, self.seed)
+    x_test, y_test = subset(self.dataset.x_test, self.dataset.y_test,
+                            self.max_eval_examples, 0)
+    object.__setattr__(self, "_train", (x, y))
+    object.__setattr__(self, "_test", (x_test, y_test))
+
+  name = property(lambda self: self.dataset.name)
+  class_names = property(lambda self: self.dataset.class_names)
+  num_classes = property(lambda self: self.dataset.num_classes)
+  image_shape = property(lambda self: self.dataset.image_shape)
+  mean = property(lambda self: self.dataset.mean)
+  std = property(lambda self: self.dataset.std)
+  num_train = property(lambda self: len(self._train[0]))
+  num_test = property(lambda self: len(self._test[0]))
+
+  def train(self, *, batch_size: int, seed: int, epoch: int,
+            skip_batches: int = 0) -> tf.data.Dataset:
+    x, y = self._train
+    return make_train_dataset(
+        x, y, batch_size=batch_size, seed=seed, stream=(epoch,),
+        mean=self.mean, std=self.std, augment=self.augment,
+        skip_batches=skip_batches)
+
+  def test(self, *, batch_size: int) -> tf.data.Dataset:
+    x, y = self._test
+    return make_eval_dataset(x, y, batch_size=batch_size, mean=self.mean,
+                             std=self.std)

@@ -1,10 +1,13 @@
 """One function per `--mode`, dispatched from a table (STYLE.md 15).
 
-Each takes the frozen `ExperimentConfig` and returns what it produced.
+Each takes the frozen `ExperimentConfig` and returns what it produced. Data
+flows one way: search -> genotype.json -> retrain/transfer -> checkpoint ->
+SavedModel; each mode reads what an earlier one wrote and never re-derives it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable, Dict
 
@@ -15,10 +18,20 @@ import tensorflow as tf
 
 from bayesnas_tf import data as data_lib
 from bayesnas_tf import distribute
+from bayesnas_tf import export as export_lib
+from bayesnas_tf import run_dir
+from bayesnas_tf import streaming_data
+from bayesnas_tf.checkpointing import restore_latest
+from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
-from bayesnas_tf.errors import ConfigError
+from bayesnas_tf.errors import CheckpointMismatchError, ConfigError
+from bayesnas_tf.genotype import KNOWN_GENOTYPES, Genotype, resolve_genotype
 from bayesnas_tf.io_utils import atomic_write_text
+from bayesnas_tf.models.child_net import ChildNetwork
 from bayesnas_tf.models.supernet import SuperNet
+
+DATASET_FILE = "dataset.json"
+GENOTYPE_FILE = "genotype.json"
 
 
 def prepare_runtime(config: ExperimentConfig) -> tf.distribute.Strategy:
@@ -41,6 +54,7 @@ def count_params(variables) -> int:
   return int(sum(int(np.prod(v.shape)) for v in variables))
 
 
+# --- search ------------------------------------------------------------------
 def search_summary(config: ExperimentConfig) -> Dict[str, int]:
   """Builds the supernet without data and counts its parameters."""
   image_shape, num_classes = data_lib.dataset_metadata(config.data.dataset)
@@ -53,31 +67,180 @@ def search_summary(config: ExperimentConfig) -> Dict[str, int]:
           "gates": net.num_gates}
 
 
-def write_run_files(config: ExperimentConfig, flags_text: str) -> None:
-  """config.json (once) and flags.txt (each start) in the model directory."""
-  model_dir = config.runtime.model_dir
-  os.makedirs(model_dir, exist_ok=True)
-  config_path = os.path.join(model_dir, "config.json")
-  if not os.path.exists(config_path):
-    atomic_write_text(config_path, config.to_json())
-  if flags_text:
-    atomic_write_text(os.path.join(model_dir, "flags.txt"), flags_text)
-
-
 def run_search(config: ExperimentConfig, flags_text: str = ""):
   """--mode=search: the whole BayesNAS search; returns a `SearchResult`."""
   from bayesnas_tf.search import search_loop  # pylint: disable=g-import-not-at-top
-  search_loop.check_model_dir(config)
+  run_dir.check_model_dir(config)
   strategy = prepare_runtime(config)
   dataset = data_lib.load_dataset(config.data.dataset, config.data.data_dir,
                                   config.data.download)
   search = search_loop.BayesNASSearch(config, dataset, strategy)
-  write_run_files(config, flags_text)
+  run_dir.write_run_files(config, flags_text)
   return search.run()
 
 
-MODES: Dict[str, Callable] = {"search": run_search}
-SUMMARIES: Dict[str, Callable] = {"search": search_summary}
+# --- retrain / transfer --------------------------------------------------------
+def build_child_network(config: ExperimentConfig, genotype: Genotype,
+                        num_classes: int, image_shape) -> ChildNetwork:
+  train = config.train
+  model = ChildNetwork(genotype, num_classes=num_classes, cells=train.cells,
+                       channels=train.channels, variant=train.variant,
+                       drop_path=train.drop_path, auxiliary=train.auxiliary,
+                       name="child_network")
+  model.build((None,) + tuple(image_shape))
+  return model
+
+
+def _image_shape_for_summary(config: ExperimentConfig):
+  image_shape, num_classes = data_lib.dataset_metadata(config.data.dataset)
+  if config.train.image_size:
+    image_shape = (config.train.image_size, config.train.image_size, image_shape[-1])
+  return image_shape, num_classes
+
+
+def train_summary(config: ExperimentConfig) -> Dict[str, int]:
+  genotype = resolve_genotype(config.train.genotype)
+  image_shape, num_classes = _image_shape_for_summary(config)
+  model = build_child_network(config, genotype, num_classes, image_shape)
+  return {"trainable_params": count_params(model.trainable_variables)}
+
+
+def load_training_data(config: ExperimentConfig):
+  """ImageNet-size data streams from disk; everything else is in memory."""
+  data = config.data
+  if config.train.variant == "imagenet":
+    return streaming_data.load_streaming_dataset(
+        data.dataset, data.data_dir, data.download, config.train.image_size or 224)
+  dataset = data_lib.load_dataset(data.dataset, data.data_dir, data.download)
+  if config.train.image_size and config.train.image_size != dataset.image_shape[0]:
+    raise ConfigError(
+        f"--image_size={config.train.image_size} differs from the "
+        f"{dataset.image_shape[0]}x{dataset.image_shape[1]} images of "
+        f"{data.dataset}; --mode=retrain trains at the dataset's own size "
+        "(pass --image_size=0)")
+  augment = data_lib.AugmentConfig(data.crop_padding, data.flip, data.cutout)
+  return data_lib.ArrayTrainingData(
+      dataset, augment, data.max_train_examples, data.max_eval_examples,
+      config.runtime.seed)
+
+
+def _check_genotype_matches(model_dir: str, genotype: Genotype) -> None:
+  path = os.path.join(model_dir, GENOTYPE_FILE)
+  if os.path.exists(path) and Genotype.load(path) != genotype:
+    raise CheckpointMismatchError(
+        f"{model_dir} holds a run of another genotype ({path}); pass a new "
+        "--model_dir")
+
+
+def warm_start_cells(model: ChildNetwork, source_dir: str) -> int:
+  """Copies cell weights of matching path and shape from a retrain run.
+
+  Transfer from CIFAR to ImageNet (DESIGN.md 7): the cells' ops keep their
+  shapes when C matches; stems, preprocessors of other sizes and the head
+  stay freshly initialised. Returns how many variables were copied.
+  """
+  manager = tf.train.CheckpointManager(
+      tf.train.Checkpoint(), os.path.join(source_dir, "checkpoints"), 1)
+  if not manager.latest_checkpoint:
+    raise ConfigError(f"--warm_start={source_dir} holds no checkpoint; pass the "
+                      "--model_dir of a --mode=retrain run")
+  reader = tf.train.load_checkpoint(manager.latest_checkpoint)
+  shapes = reader.get_variable_to_shape_map()
+  copied = 0
+  for path, variable in variables_by_path(model).items():
+    key = "model/" + path.replace("/", ".S") + "/.ATTRIBUTES/VARIABLE_VALUE"
+    if path.startswith("cell_") and key in shapes and (
+        tuple(shapes[key]) == tuple(variable.shape)):
+      variable.assign(reader.get_tensor(key))
+      copied += 1
+  logging.info("warm start: %d cell variables copied from %s", copied, source_dir)
+  return copied
+
+
+def default_model_name(config: ExperimentConfig) -> str:
+  if config.export.model_name:
+    return config.export.model_name
+  if config.train.genotype in KNOWN_GENOTYPES:
+    return config.train.genotype
+  return "bayesnas"
+
+
+def run_training(config: ExperimentConfig, flags_text: str = ""):
+  """--mode=retrain / transfer: train a derived network, then export it."""
+  from bayesnas_tf import train as train_lib  # pylint: disable=g-import-not-at-top
+  run_dir.check_model_dir(config)
+  genotype = resolve_genotype(config.train.genotype)
+  _check_genotype_matches(config.runtime.model_dir, genotype)
+  if config.export.export:
+    export_lib.check_writable(config.export.export_dir)
+  strategy = prepare_runtime(config)
+  data = load_training_data(config)
+  with strategy.scope():
+    model = build_child_network(config, genotype, data.num_classes, data.image_shape)
+  logging.info("%s network: %s trainable parameters", config.train.variant,
+               f"{count_params(model.trainable_variables):,}")
+  trainer = train_lib.Trainer(config, model, data, strategy)
+  run_dir.write_run_files(config, flags_text)
+  model_dir = config.runtime.model_dir
+  genotype.save(os.path.join(model_dir, GENOTYPE_FILE))
+  atomic_write_text(os.path.join(model_dir, DATASET_FILE), json.dumps({
+      "name": data.name, "class_names": list(data.class_names),
+      "image_shape": list(data.image_shape),
+      "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],
+  }, indent=2))
+  if config.train.warm_start and trainer.manager.latest_checkpoint is None:
+    warm_start_cells(model, config.train.warm_start)
+  result = trainer.run()
+  if config.export.export:
+    export_model(model, config, genotype)
+  return result
+
+
+def export_model(model, config: ExperimentConfig, genotype: Genotype) -> str:
+  with open(os.path.join(config.runtime.model_dir, DATASET_FILE)) as f:
+    meta = json.load(f)
+  return export_lib.export_saved_model(
+      model, export_dir=config.export.export_dir,
+      model_name=default_model_name(config), image_shape=meta["image_shape"],
+      mean=meta["mean"], std=meta["std"], class_names=meta["class_names"],
+      genotype_json=genotype.to_json())
+
+
+def run_export(config: ExperimentConfig, flags_text: str = "") -> str:
+  """--mode=export: the trained model of --model_dir as the next version."""
+  del flags_text
+  model_dir = config.runtime.model_dir
+  trained = run_dir.read_config(model_dir)
+  if trained.mode not in ("retrain", "transfer"):
+    raise ConfigError(
+        f"{model_dir} holds a --mode={trained.mode} run; --mode=export exports "
+        "the --model_dir of a retrain or transfer run")
+  genotype = Genotype.load(os.path.join(model_dir, GENOTYPE_FILE))
+  with open(os.path.join(model_dir, DATASET_FILE)) as f:
+    meta = json.load(f)
+  export_lib.check_writable(config.export.export_dir)
+  model = build_child_network(trained, genotype, len(meta["class_names"]),
+                              meta["image_shape"])
+  checkpoint = tf.train.Checkpoint(model=variables_by_path(model))
+  manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(model_dir, "checkpoints"), 1)
+  if restore_latest(checkpoint, manager) is None:
+    raise CheckpointMismatchError(
+        f"{model_dir} holds no checkpoint to export; train it first")
+  # The export flags of this invocation; the trained run's for the rest.
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  trained = dataclasses.replace(trained, export=config.export,
+                                runtime=config.runtime)
+  return export_model(model, trained, genotype)
+
+
+MODES: Dict[str, Callable] = {
+    "search": run_search, "retrain": run_training, "transfer": run_training,
+    "export": run_export,
+}
+SUMMARIES: Dict[str, Callable] = {
+    "search": search_summary, "retrain": train_summary, "transfer": train_summary,
+}
 
 
 def run(config: ExperimentConfig, flags_text: str = ""):
@@ -91,4 +254,6 @@ def run(config: ExperimentConfig, flags_text: str = ""):
 
 
 def summary(config: ExperimentConfig) -> Dict[str, int]:
+  if config.mode not in SUMMARIES:
+    raise ConfigError(f"--summary_only is not available for --mode={config.mode}")
   return SUMMARIES[config.mode](config)

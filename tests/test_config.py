@@ -56,10 +56,10 @@ def test_lambda_origin_defaults_to_lambda_child():
   assert config_lib.SearchConfig(lambda_origin=0.02).effective_lambda_origin == 0.02
 
 
-def test_search_fingerprint_ignores_evaluation_only_fields():
+def test_fingerprint_ignores_evaluation_only_fields():
   a = config_lib.ExperimentConfig()
   b = dataclasses.replace(a, data=dataclasses.replace(a.data, eval_batch_size=7),
                           runtime=dataclasses.replace(a.runtime, checkpoint_every=3))
   c = dataclasses.replace(a, data=dataclasses.replace(a.data, batch_size=7))
-  assert a.search_fingerprint() == b.search_fingerprint()
-  assert a.search_fingerprint() != c.search_fingerprint()
+  assert a.fingerprint() == b.fingerprint()
+  assert a.fingerprint() != c.fingerprint()

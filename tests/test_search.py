@@ -1,7 +1,6 @@
 """End-to-end search: outputs, resume after a kill, MirroredStrategy, bad input."""
 
 import json
-import os
 import pathlib
 import signal
 import time

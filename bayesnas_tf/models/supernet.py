@@ -9,7 +9,7 @@ parameters, 512 of them gates.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import keras
 import numpy as np

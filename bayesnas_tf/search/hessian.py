@@ -70,7 +70,6 @@ def ggn_diagonal(net, images) -> List[tf.Tensor]:
   _, total = tf.while_loop(
       lambda k, _: k < num_classes, body,
       (tf.constant(0), [tf.zeros(o.shape[1:], probs.dtype) for o in offsets]))
-  del tape
   return total
 
 

@@ -27,7 +27,7 @@ arise. All prior arithmetic runs in float64.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -87,6 +87,35 @@ def predecessor_matrix(spec: CellSpec) -> np.ndarray:
   return matrix
 
 
+def group_statistics(gamma_prev, weights, hessian_scaled, axes):
+  """eq. 17-19 for groups of elements that share one gamma.
+
+  The one implementation of the re-weighting used by both the architecture
+  search (a group = one gate across the cells of a type) and network
+  compression (a group = one filter or channel of a kernel).
+
+  Args:
+    gamma_prev: gamma(t-1) per group; broadcastable against `weights` once
+      the reduced `axes` are kept as size-1 dimensions.
+    weights: the group members' values w.
+    hessian_scaled: H / lambda per member, same shape as `weights`.
+    axes: the axes of `weights` that run over the members of one group.
+
+  Returns:
+    (covariance C, alpha) per member and (omega, switch s) per group, where
+    C = (1/gamma + H')^-1 (eq. 17), alpha = 1/gamma - C/gamma^2,
+    omega = sqrt(sum alpha) (eq. 18, group sum), s = ||w_g||_2 / omega (eq. 19).
+  """
+  weights = tf.cast(weights, DTYPE)
+  gamma_members = tf.cast(gamma_prev, DTYPE)
+  covariance = posterior_covariance(gamma_members, hessian_scaled)
+  alpha = alpha_coefficient(gamma_members, hessian_scaled)
+  omega = tf.sqrt(tf.reduce_sum(alpha, axis=axes))
+  norm = tf.sqrt(tf.reduce_sum(tf.square(weights), axis=axes))
+  switch = norm / tf.maximum(omega, EPSILON)
+  return covariance, alpha, omega, switch
+
+
 @dataclasses.dataclass(frozen=True)
 class GroupUpdate:
   """The result of one update for one cell type (shapes in the module doc)."""
@@ -128,11 +157,9 @@ def update_group(gamma_prev, omega_prev, gates, hessian, lambdas, kept_prev,
   lambdas = tf.cast(lambdas, DTYPE)
   hessian_scaled = tf.maximum(tf.cast(hessian, DTYPE), 0.0) / lambdas
 
-  covariance = posterior_covariance(gamma_prev[tf.newaxis], hessian_scaled)
-  alpha = alpha_coefficient(gamma_prev[tf.newaxis], hessian_scaled)
-  omega = tf.sqrt(tf.reduce_sum(alpha, axis=0))                     # eq. 18
-  norm = tf.sqrt(tf.reduce_sum(tf.square(gates), axis=0))
-  switch = norm / tf.maximum(omega, EPSILON)                         # eq. 19
+  # A group is one (edge, gate) across the n cells of the type (axis 0).
+  covariance, alpha, omega, switch = group_statistics(
+      gamma_prev[tf.newaxis], gates, hessian_scaled, axes=[0])
   switch = tf.where(kept_prev, switch, tf.zeros_like(switch))
 
   gamma_all = switch[:, -1]

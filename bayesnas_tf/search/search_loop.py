@@ -24,7 +24,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 from absl import logging
 import keras
@@ -33,9 +33,10 @@ import tensorflow as tf
 
 from bayesnas_tf import data as data_lib
 from bayesnas_tf import visualize
+from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
-from bayesnas_tf.errors import CheckpointMismatchError, ConfigError
+from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.genotype import Genotype
 from bayesnas_tf.io_utils import atomic_write_text
@@ -70,50 +71,6 @@ class SearchState(tf.Module):
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
     self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
     self.finished = tf.Variable(False, trainable=False)
-
-
-def check_model_dir(config: ExperimentConfig) -> None:
-  """Refuses a `model_dir` holding a search of a different configuration.
-
-  Runs before anything is written, so a refused run changes nothing.
-  """
-  model_dir = config.runtime.model_dir
-  config_path = os.path.join(model_dir, "config.json")
-  has_checkpoint = tf.io.gfile.exists(os.path.join(model_dir, "checkpoints"))
-  if not tf.io.gfile.exists(config_path):
-    if has_checkpoint:
-      raise CheckpointMismatchError(
-          f"{model_dir} holds checkpoints but no config.json, so they cannot "
-          "be matched to this configuration; pass a new --model_dir")
-    return
-  try:
-    with tf.io.gfile.GFile(config_path) as f:
-      previous = ExperimentConfig.from_dict(json.load(f))
-  except (ValueError, TypeError, ConfigError) as error:
-    raise CheckpointMismatchError(
-        f"{config_path} cannot be read ({error}); pass a new --model_dir") from None
-  if previous.mode != "search":
-    raise CheckpointMismatchError(
-        f"{model_dir} holds a --mode={previous.mode} run; pass a new --model_dir")
-  old = json.loads(json.dumps(previous.search_fingerprint()))
-  new = json.loads(json.dumps(config.search_fingerprint()))
-  differences = _differences(old, new)
-  if differences:
-    raise CheckpointMismatchError(
-        f"{model_dir} holds a search with a different configuration "
-        f"({'; '.join(differences)}); pass a new --model_dir, or the original "
-        "flags to resume it")
-
-
-def _differences(old, new, prefix: str = "") -> List[str]:
-  """'key: old -> new' for every leaf that differs between two nested dicts."""
-  if isinstance(old, dict) and isinstance(new, dict):
-    result = []
-    for key in sorted(set(old) | set(new)):
-      result += _differences(old.get(key), new.get(key),
-                             f"{prefix}.{key}" if prefix else key)
-    return result
-  return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
 
 
 class BayesNASSearch:
@@ -205,15 +162,9 @@ class BayesNASSearch:
     self._step_fns: Dict[str, object] = {}
 
   def _restore(self) -> None:
-    latest = self.manager.latest_checkpoint
+    latest = restore_latest(self.checkpoint, self.manager)
     if not latest:
       return
-    try:
-      self.checkpoint.restore(latest).assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as error:
-      raise CheckpointMismatchError(
-          f"checkpoint {latest} cannot be restored into this configuration "
-          f"({str(error).splitlines()[0]}); pass a new --model_dir") from None
     self.net.sync_active_ops()
     logging.info("resumed from %s: iteration %d, phase %s, step %d", latest,
                  int(self.state.iteration.numpy()) + 1,
@@ -224,7 +175,8 @@ class BayesNASSearch:
     self.manager.save(checkpoint_number=int(self.state.global_step.numpy()))
 
   # --- step functions -----------------------------------------------------
-  def _train_step_fn(self, train_gates: bool):
+  def train_step_fn(self, train_gates: bool):
+    """The (cached) distributed step: weights, and gates when `train_gates`."""
     key = f"train_{train_gates}"
     if key in self._step_fns:
       return self._step_fns[key]
@@ -282,10 +234,13 @@ class BayesNASSearch:
     self._step_fns[key] = step
     return step
 
-  def _hessian_fn(self):
-    if "hessian" in self._step_fns:
-      return self._step_fns["hessian"]
-    net, strategy, method = self.net, self.strategy, self.config.search.hessian
+  def hessian_fn(self, method: Optional[str] = None):
+    """(batch, seed) -> per-cell gate Hessians summed over the global batch."""
+    method = method or self.config.search.hessian
+    key = f"hessian_{method}"
+    if key in self._step_fns:
+      return self._step_fns[key]
+    net, strategy = self.net, self.strategy
 
     def replica_fn(images, labels, seed):
       replica = tf.distribute.get_replica_context().replica_id_in_sync_group
@@ -300,10 +255,10 @@ class BayesNASSearch:
 
     # The exact oracle does one HVP per gate; tracing it would unroll them.
     fn = fn if method == "exact" else tf.function(fn)
-    self._step_fns["hessian"] = fn
+    self._step_fns[key] = fn
     return fn
 
-  def _eval_fn(self):
+  def eval_fn(self):
     if "eval" in self._step_fns:
       return self._step_fns["eval"]
     net, strategy = self.net, self.strategy
@@ -324,7 +279,7 @@ class BayesNASSearch:
     return fn
 
   # --- data -----------------------------------------------------------------
-  def _phase_batches(self, phase: int, start_step: int):
+  def phase_batches(self, phase: int, start_step: int):
     """Yields (step, distributed batch) for one phase from `start_step` on."""
     x, y = self.splits[SEARCH if phase == UPDATE else phase]
     spe = self.steps_per_epoch[SEARCH if phase == UPDATE else phase]
@@ -347,7 +302,7 @@ class BayesNASSearch:
     dataset = data_lib.make_eval_dataset(
         x, y, batch_size=self.config.data.eval_batch_size, mean=self.mean,
         std=self.std)
-    fn = self._eval_fn()
+    fn = self.eval_fn()
     correct = count = 0.0
     for batch in self.strategy.experimental_distribute_dataset(dataset):
       c, n = fn(batch)
@@ -364,12 +319,12 @@ class BayesNASSearch:
       return
     logging.info("iteration %d/%d, %s phase: steps %d..%d", iteration + 1,
                  self.config.search.iterations, PHASES[phase], start + 1, total)
-    step_fn = self._train_step_fn(train_gates=phase == SEARCH)
+    step_fn = self.train_step_fn(train_gates=phase == SEARCH)
     bar = keras.utils.Progbar(
         total, verbose=1 if self.config.runtime.progress else 0,
         stateful_metrics=["loss", "penalty", "acc"], unit_name="step")
     every = self.config.runtime.checkpoint_every
-    for step, batch in self._phase_batches(phase, start):
+    for step, batch in self.phase_batches(phase, start):
       ce, penalty, accuracy = (float(v) for v in step_fn(batch))
       if not (math.isfinite(ce) and math.isfinite(penalty)):
         raise TrainingDivergedError(
@@ -399,15 +354,22 @@ class BayesNASSearch:
   def _run_update_phase(self, writer) -> None:
     iteration = int(self.state.iteration.numpy())
     search = self.config.search
-    fn = self._hessian_fn()
+    fn = self.hessian_fn()
     totals = None
     batches = 0
-    for step, batch in self._phase_batches(UPDATE, 0):
+    logging.info("iteration %d/%d, update phase: %s Hessian over %d batch(es)",
+                 iteration + 1, search.iterations, search.hessian,
+                 search.hessian_batches)
+    bar = keras.utils.Progbar(
+        search.hessian_batches, verbose=1 if self.config.runtime.progress else 0,
+        unit_name="batch")
+    for step, batch in self.phase_batches(UPDATE, 0):
       seed = tf.constant([self.config.runtime.seed, 1000 * iteration + step],
                          tf.int64)
       h = fn(batch, seed)
       totals = h if totals is None else [a + b for a, b in zip(totals, h)]
       batches += 1
+      bar.update(batches)
     if not batches:
       raise ConfigError(
           "no batch is available for the Hessian; lower --batch_size")
