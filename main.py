@@ -103,6 +103,18 @@ flags.DEFINE_integer("image_size", None, "Crop size (0 = the dataset's own size)
 flags.DEFINE_string("warm_start", None,
                     "A retrain --model_dir whose cell weights start the cells.")
 
+# --- compress ---------------------------------------------------------------
+flags.DEFINE_enum("architecture", None, list(config_lib.COMPRESS_ARCHITECTURES),
+                  "CNN trained from scratch when --base_model is not given.")
+flags.DEFINE_string("base_model", None, "A trained Keras CNN (.keras) to compress.")
+flags.DEFINE_float("vgg_width", None, "Channel multiplier of the VGG-like CNN.")
+flags.DEFINE_list("groups", None, "Weight groups with a gamma: filter,channel,shape.")
+flags.DEFINE_float("lambda_group", None, "Group-lasso strength of compression.")
+flags.DEFINE_integer("pretrain_epochs", None, "Epochs to train from scratch.")
+flags.DEFINE_integer("epochs_per_iteration", None,
+                     "Re-weighted group-lasso epochs per compression round.")
+flags.DEFINE_integer("finetune_epochs", None, "Epochs of the slim model.")
+
 # --- export -----------------------------------------------------------------
 flags.DEFINE_bool("export", None, "Export a SavedModel at the end of training.")
 flags.DEFINE_string("export_dir", None, "Root of the exported models.")

@@ -277,6 +277,75 @@ class TrainConfig:
     _positive("image_size", self.image_size, allow_zero=True)
 
 
+COMPRESS_ARCHITECTURES = ("lenet5", "vgg")
+GROUPINGS = ("filter", "channel", "shape")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressConfig:
+  """Bayesian structured pruning of a CNN (--mode=compress; the paper's
+  Algorithm 3, ALGORITHM.md 7).
+
+  Attributes:
+    architecture: the model trained from scratch when no base_model is given:
+      "lenet5" (LeNet-5-Caffe, 431,080 params) or "vgg" (VGG-like with BN).
+    base_model: a trained Keras Sequential/functional CNN (.keras) to
+      compress instead.
+    vgg_width: channel multiplier of the VGG-like network (1.0 = 64..512).
+    groups: which weight groups carry a gamma: filter (output units),
+      channel (input units) and/or shape (one kernel position of one input
+      channel, across filters).
+    lambda_group: the group-lasso strength lambda (also the noise variance
+      dividing H, as in the search).
+    iterations: train -> Hessian -> update -> prune rounds.
+    pretrain_epochs: epochs to train the architecture from scratch.
+    epochs_per_iteration: re-weighted group-lasso epochs per round.
+    finetune_epochs: epochs of the slim model after physical pruning.
+    learning_rate, momentum, weight_decay: SGD for all phases.
+    hessian: "ggn" (exact GGN diagonal, K backward passes) or "ggn_mc".
+    hessian_batches: batches the weight Hessian is averaged over.
+    prune_threshold: prune a group when gamma <= this (default 1/(2 pi e)).
+  """
+  architecture: str = "lenet5"
+  base_model: Optional[str] = None
+  vgg_width: float = 1.0
+  groups: Tuple[str, ...] = ("filter", "channel")
+  lambda_group: float = 1e-4
+  iterations: int = 5
+  pretrain_epochs: int = 10
+  epochs_per_iteration: int = 2
+  finetune_epochs: int = 5
+  learning_rate: float = 0.01
+  momentum: float = 0.9
+  weight_decay: float = 0.0
+  hessian: str = "ggn"
+  hessian_batches: int = 4
+  prune_threshold: float = PRUNE_THRESHOLD
+
+  def validate(self) -> None:
+    _choice("architecture", self.architecture, COMPRESS_ARCHITECTURES)
+    if self.base_model is not None and not self.base_model.endswith(".keras"):
+      raise ConfigError(
+          f"--base_model must be a .keras file; received {self.base_model!r}")
+    _positive("vgg_width", self.vgg_width)
+    if not self.groups:
+      raise ConfigError(f"--groups needs at least one of {', '.join(GROUPINGS)}")
+    for group in self.groups:
+      _choice("groups", group, GROUPINGS)
+    _positive("lambda_group", self.lambda_group)
+    _positive("iterations", self.iterations)
+    _positive("pretrain_epochs", self.pretrain_epochs, allow_zero=True)
+    _positive("epochs_per_iteration", self.epochs_per_iteration)
+    _positive("finetune_epochs", self.finetune_epochs, allow_zero=True)
+    _positive("learning_rate", self.learning_rate)
+    if not 0 <= self.momentum < 1:
+      raise ConfigError(f"--momentum must be in [0, 1); received {self.momentum!r}")
+    _positive("weight_decay", self.weight_decay, allow_zero=True)
+    _choice("hessian", self.hessian, ("ggn", "ggn_mc"))
+    _positive("hessian_batches", self.hessian_batches)
+    _positive("prune_threshold", self.prune_threshold)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
   """SavedModel export to <export_dir>/<model_name>/<version>/ (DESIGN.md 7).
@@ -308,6 +377,7 @@ class ExperimentConfig:
   supernet: SupernetConfig = SupernetConfig()
   search: SearchConfig = SearchConfig()
   train: TrainConfig = TrainConfig()
+  compress: CompressConfig = CompressConfig()
   export: ExportConfig = ExportConfig()
   runtime: RuntimeConfig = RuntimeConfig()
 
@@ -344,8 +414,9 @@ class ExperimentConfig:
         raise ConfigError(
             f"unknown field(s) {sorted(unknown)} in configuration section {key!r}")
       section = dict(value)
-      if "primitives" in section:
-        section["primitives"] = tuple(section["primitives"])
+      for name in ("primitives", "groups"):
+        if name in section:
+          section[name] = tuple(section[name])
       kwargs[key] = section_cls(**section)
     return cls(**kwargs)
 
@@ -359,7 +430,8 @@ class ExperimentConfig:
     for evaluation_only in ("eval_batch_size", "max_eval_examples"):
       data.pop(evaluation_only)
     sections = {"search": ("supernet", "search"), "retrain": ("train",),
-                "transfer": ("train",)}.get(self.mode, ())
+                "transfer": ("train",), "compress": ("compress",)
+                }.get(self.mode, ())
     result = {"data": data, "seed": self.runtime.seed}
     for section in sections:
       result[section] = dataclasses.asdict(getattr(self, section))
@@ -368,7 +440,8 @@ class ExperimentConfig:
 
 SECTIONS = {
     "data": DataConfig, "supernet": SupernetConfig, "search": SearchConfig,
-    "train": TrainConfig, "export": ExportConfig, "runtime": RuntimeConfig,
+    "train": TrainConfig, "compress": CompressConfig, "export": ExportConfig,
+    "runtime": RuntimeConfig,
 }
 
 
@@ -393,6 +466,11 @@ def default_config(mode: str) -> ExperimentConfig:
             lr_decay=0.97, weight_decay=3e-5, drop_prob=0.0,
             label_smoothing=0.1, image_size=224),
         runtime=RuntimeConfig(model_dir="runs/transfer"))
+  if mode == "compress":
+    return ExperimentConfig(
+        mode=mode, data=DataConfig(dataset="mnist", batch_size=64, crop_padding=0,
+                                   flip=False, cutout=0),
+        runtime=RuntimeConfig(model_dir="runs/compress"))
   if mode == "export":
     return ExperimentConfig(mode=mode, runtime=RuntimeConfig(model_dir="runs/retrain"))
   return ExperimentConfig(mode=mode)

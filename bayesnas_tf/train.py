@@ -98,8 +98,8 @@ class Trainer:
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(self.model_dir, "checkpoints"),
         max_to_keep=config.runtime.keep_checkpoints)
-    self._train_step = self._make_train_step()
-    self._eval_step = self._make_eval_step()
+    self.train_step = self._make_train_step()
+    self.eval_step = self._make_eval_step()
 
   # --- steps --------------------------------------------------------------
   def _make_train_step(self):
@@ -170,7 +170,7 @@ class Trainer:
     totals = np.zeros(4)
     dataset = self.data.test(batch_size=self.config.data.eval_batch_size)
     for batch in self.strategy.experimental_distribute_dataset(dataset):
-      totals += np.array([float(v) for v in self._eval_step(batch)])
+      totals += np.array([float(v) for v in self.eval_step(batch)])
     count = max(totals[3], 1.0)
     result = {"loss": totals[0] / count, "accuracy": totals[1] / count,
               "examples": int(totals[3])}
@@ -206,7 +206,7 @@ class Trainer:
           stateful_metrics=["loss", "acc"], unit_name="step")
       step = start
       for batch in self.strategy.experimental_distribute_dataset(dataset):
-        loss, accuracy = (float(v) for v in self._train_step(batch))
+        loss, accuracy = (float(v) for v in self.train_step(batch))
         if not math.isfinite(loss):
           raise TrainingDivergedError(
               f"the loss became {'NaN' if math.isnan(loss) else 'infinite'} in "

@@ -55,11 +55,12 @@ def test_tfds_offline_says_what_to_pass(tmp_path):
 
 def test_other_configuration_in_model_dir_is_refused(tmp_path):
   model_dir = tmp_path / "run"
-  first = run_main(*QUICK_FLAGS, f"--model_dir={model_dir}")
+  # The first run also exercises --strategy=one_device.
+  first = run_main(*QUICK_FLAGS, "--strategy=one_device", f"--model_dir={model_dir}")
   assert first.returncode == 0, first.stderr[-3000:]
   before = tree_digest(model_dir)
   result = run_main(*QUICK_FLAGS, "--channels=8", f"--model_dir={model_dir}")
-  last = _assert_clean_failure(result, "holds a search with a different configuration")
+  last = _assert_clean_failure(result, "holds a search run with a different configuration")
   assert "supernet.channels: 4 -> 8" in last and "new --model_dir" in last
   assert tree_digest(model_dir) == before
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bayesnas_tf import batch_norm
 from bayesnas_tf import ops
 from bayesnas_tf import testing
 from bayesnas_tf.errors import ConfigError
@@ -323,7 +324,7 @@ def test_ops_use_pytorch_batch_norm_defaults():
   op = ops.make_op("sep3", 4, 1)
   op.build((None, 8, 8, 4))
   bns = [layer for layer in op._chain
-         if layer.__class__.__name__ == "BatchNormalization"]
+         if isinstance(layer, batch_norm.BatchNorm)]
   assert len(bns) == 2
   for bn in bns:
     assert bn.epsilon == pytest.approx(1e-5)
