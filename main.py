@@ -111,6 +111,8 @@ flags.DEFINE_float("vgg_width", None, "Channel multiplier of the VGG-like CNN.")
 flags.DEFINE_list("groups", None, "Weight groups with a gamma: filter,channel,shape.")
 flags.DEFINE_float("lambda_group", None, "Group-lasso strength of compression.")
 flags.DEFINE_integer("pretrain_epochs", None, "Epochs to train from scratch.")
+flags.DEFINE_float("pretrain_learning_rate", None,
+                   "Learning rate of pretraining (default: --learning_rate).")
 flags.DEFINE_integer("epochs_per_iteration", None,
                      "Re-weighted group-lasso epochs per compression round.")
 flags.DEFINE_integer("finetune_epochs", None, "Epochs of the slim model.")
@@ -152,7 +154,10 @@ def main(argv):
       for key, value in modes.summary(config).items():
         print(f"{key}: {value}")
       return 0
-    modes.run(config, FLAGS.flags_into_string())
+    result = modes.run(config, FLAGS.flags_into_string())
+    text = modes.result_text(config, result)
+    if text:
+      print(text)
   except BayesNASError as error:
     sys.stderr.write(f"error: {error}\n")
     return 1

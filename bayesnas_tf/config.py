@@ -296,12 +296,17 @@ class CompressConfig:
       channel (input units) and/or shape (one kernel position of one input
       channel, across filters).
     lambda_group: the group-lasso strength lambda (also the noise variance
-      dividing H, as in the search).
+      dividing H, as in the search), on kernels measured in units of their
+      layer's RMS (compress/group_prior.py).
     iterations: train -> Hessian -> update -> prune rounds.
     pretrain_epochs: epochs to train the architecture from scratch.
     epochs_per_iteration: re-weighted group-lasso epochs per round.
     finetune_epochs: epochs of the slim model after physical pruning.
-    learning_rate, momentum, weight_decay: SGD for all phases.
+    learning_rate: SGD learning rate of the compression rounds (constant)
+      and of fine-tuning (cosine from it).
+    pretrain_learning_rate: of pretraining (cosine from it); None: the
+      learning_rate.
+    momentum, weight_decay: SGD for all phases.
     hessian: "ggn" (exact GGN diagonal, K backward passes) or "ggn_mc".
     hessian_batches: batches the weight Hessian is averaged over.
     prune_threshold: prune a group when gamma <= this (default 1/(2 pi e)).
@@ -310,12 +315,14 @@ class CompressConfig:
   base_model: Optional[str] = None
   vgg_width: float = 1.0
   groups: Tuple[str, ...] = ("filter", "channel")
-  lambda_group: float = 1e-4
-  iterations: int = 5
-  pretrain_epochs: int = 10
-  epochs_per_iteration: int = 2
-  finetune_epochs: int = 5
+  # Defaults: LeNet-5 on the full MNIST (flags/compress_lenet5_mnist.flags).
+  lambda_group: float = 3e-5
+  iterations: int = 3
+  pretrain_epochs: int = 6
+  epochs_per_iteration: int = 1
+  finetune_epochs: int = 6
   learning_rate: float = 0.01
+  pretrain_learning_rate: Optional[float] = None
   momentum: float = 0.9
   weight_decay: float = 0.0
   hessian: str = "ggn"
@@ -338,6 +345,8 @@ class CompressConfig:
     _positive("epochs_per_iteration", self.epochs_per_iteration)
     _positive("finetune_epochs", self.finetune_epochs, allow_zero=True)
     _positive("learning_rate", self.learning_rate)
+    if self.pretrain_learning_rate is not None:
+      _positive("pretrain_learning_rate", self.pretrain_learning_rate)
     if not 0 <= self.momentum < 1:
       raise ConfigError(f"--momentum must be in [0, 1); received {self.momentum!r}")
     _positive("weight_decay", self.weight_decay, allow_zero=True)

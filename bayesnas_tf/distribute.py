@@ -47,3 +47,19 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   raise ConfigError(
       f"unknown strategy {name!r}; valid strategies are default, one_device, "
       "mirrored")
+
+
+def steps_per_epoch(batch_size: int, num_examples: int,
+                    strategy: tf.distribute.Strategy) -> int:
+  """Full global batches per epoch; a batch that fits no replica split or no
+  training split is a user error."""
+  steps = num_examples // batch_size
+  if steps == 0:
+    raise ConfigError(
+        f"--batch_size={batch_size} is larger than the training split "
+        f"({num_examples} examples); lower --batch_size")
+  if batch_size % strategy.num_replicas_in_sync:
+    raise ConfigError(
+        f"--batch_size={batch_size} must be divisible by the "
+        f"{strategy.num_replicas_in_sync} replicas")
+  return steps

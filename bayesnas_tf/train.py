@@ -26,10 +26,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bayesnas_tf import distribute
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
-from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.io_utils import atomic_write_text
 
@@ -77,15 +77,8 @@ class Trainer:
     self.strategy = strategy
     self.model_dir = config.runtime.model_dir
     self.batch_size = config.data.batch_size
-    self.steps_per_epoch = data.num_train // self.batch_size
-    if self.steps_per_epoch == 0:
-      raise ConfigError(
-          f"--batch_size={self.batch_size} is larger than the training split "
-          f"({data.num_train} examples); lower --batch_size")
-    if self.batch_size % strategy.num_replicas_in_sync:
-      raise ConfigError(
-          f"--batch_size={self.batch_size} must be divisible by the "
-          f"{strategy.num_replicas_in_sync} replicas")
+    self.steps_per_epoch = distribute.steps_per_epoch(
+        self.batch_size, data.num_train, strategy)
     train = config.train
     with strategy.scope():
       self.optimizer = keras.optimizers.SGD(

@@ -1,0 +1,1 @@
+"""Bayesian structured pruning of ordinary CNNs (--mode=compress)."""
