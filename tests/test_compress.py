@@ -493,6 +493,28 @@ def test_mirrored_strategy_runs_the_same_job(compressed_digits, tmp_path):
   assert report["slim_max_logit_difference"] < 1e-4
 
 
+def test_shape_groups_and_an_extreme_target_keep_every_layer_alive(compressed_digits, tmp_path):
+  """A threshold above every gamma would prune everything: each layer keeps
+  one unit and one shape group, says so, and the slim model still matches."""
+  root, _ = compressed_digits
+  flags = [f for f in DIGITS_FLAGS if not f.startswith(("--lambda_group", "--prune_threshold",
+                                                        "--epochs_per_iteration"))]
+  result = run_main(*flags, "--groups=filter,channel,shape", "--lambda_group=0.01",
+                    "--prune_threshold=1000", "--epochs_per_iteration=1",
+                    f"--base_model={root / 'user_cnn.keras'}",
+                    f"--model_dir={tmp_path / 'run'}", "--export=false")
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((tmp_path / "run" / "compression.json").read_text())
+  assert "pruning would remove every unit of layer" in result.stderr
+  for row in report["layers"][:-1]:
+    assert row["units_kept"] == 1 and row["weights_kept"] >= 1, row
+  assert "c1 (shape groups)" in result.stderr
+  assert report["slim_max_logit_difference"] < 1e-4
+  slim = keras.saving.load_model(tmp_path / "run" / "slim_model.keras")
+  constraints = [type(slim.get_layer(n).kernel_constraint).__name__ for n in ("c1", "c2")]
+  assert constraints == ["KernelMask", "KernelMask"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (("--base_model=/no/such/model.keras",), "does not exist"),
     (("--base_model=BAD",), "unsupported layer(s) n1 (LayerNormalization)"),

@@ -202,7 +202,7 @@ class Compressor:
           tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
       return correct, tf.cast(tf.shape(labels)[0], tf.float32)
 
-    @tf.function
+    @tf.function(reduce_retracing=True)  # The last batch is smaller.
     def step(batch):
       values = strategy.run(replica_step, args=batch)
       return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in values]
@@ -319,6 +319,19 @@ class Compressor:
         self.prior.set_kept(s.name, keep)
       unit_masks[p] = keep.astype(np.float32)
       self.unit_masks[p].assign(unit_masks[p])
+    for s in self.group_sets:
+      if s.kind == "shape":  # A kernel of only zeros would cut the network too.
+        kept = self.prior.kept_arrays()[s.name]
+        # Only groups reading an input channel that is still there count.
+        available = np.ones(s.num_groups, bool)
+        if s.layer_index in self.chain.producer:
+          inputs = unit_masks[self.chain.producer[s.layer_index]] > 0
+          available = np.broadcast_to(inputs, s.kernel_shape[:-1]).ravel()
+        scores = np.where(available, self.prior.gamma[s.name].numpy(), -np.inf)
+        keep = structure.keep_at_least_one(
+            f"{self.chain.layers[s.layer_index].name} (shape groups)",
+            kept & available, scores)
+        self.prior.set_kept(s.name, keep | kept)
     shape_masks = self.shape_masks()
     for w in self.chain.weighted:
       mask = self.chain.kernel_mask(w, unit_masks, shape_masks)

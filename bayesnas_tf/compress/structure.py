@@ -431,7 +431,7 @@ def slim_model(chain: CNNChain, unit_masks: Dict[int, np.ndarray],
     config = layer.get_config()
     if index in chain.weighted:
       out_keep = keep.get(index, np.arange(chain.units(index)))
-      kernel = keras.ops.convert_to_numpy(layer.kernel)
+      kernel = layer.kernel.numpy()
       if chain.is_conv(index):
         config["filters"] = len(out_keep)
         rows = channel_keep
@@ -455,11 +455,11 @@ def slim_model(chain: CNNChain, unit_masks: Dict[int, np.ndarray],
       new_layer = type(layer).from_config(config)
       weights = [kernel]
       if layer.use_bias:
-        weights.append(keras.ops.convert_to_numpy(layer.bias)[out_keep])
+        weights.append(layer.bias.numpy()[out_keep])
       channel_keep = out_keep
     elif isinstance(layer, keras.layers.BatchNormalization):
       new_layer = type(layer).from_config(config)
-      weights = [keras.ops.convert_to_numpy(w)[channel_keep] for w in layer.weights]
+      weights = [w.numpy()[channel_keep] for w in layer.weights]
     else:
       new_layer = type(layer).from_config(config)
       weights = []
