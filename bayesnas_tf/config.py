@@ -29,6 +29,11 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
     raise ConfigError(f"--{name} must be {bound}; received {name}={value!r}")
 
 
+def _momentum(name: str, value) -> None:
+  if not 0 <= value < 1:
+    raise ConfigError(f"--{name} must be in [0, 1); received {name}={value!r}")
+
+
 def _choice(name: str, value, choices) -> None:
   if value not in choices:
     raise ConfigError(
@@ -150,10 +155,8 @@ class SearchConfig:
       raise ConfigError(
           f"--lambda_origin must be > 0 (or unset to use --lambda_child); "
           f"received lambda_origin={self.lambda_origin!r}")
-    for name in ("momentum", "arch_momentum"):
-      value = getattr(self, name)
-      if not 0 <= value < 1:
-        raise ConfigError(f"--{name} must be in [0, 1); received {name}={value!r}")
+    _momentum("momentum", self.momentum)
+    _momentum("arch_momentum", self.arch_momentum)
     _positive("weight_decay", self.weight_decay, allow_zero=True)
     if not 0 < self.warmup_fraction < 1:
       raise ConfigError(
@@ -263,8 +266,7 @@ class TrainConfig:
     _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
     if not 0 < self.lr_decay <= 1:
       raise ConfigError(f"--lr_decay must be in (0, 1]; received {self.lr_decay!r}")
-    if not 0 <= self.momentum < 1:
-      raise ConfigError(f"--momentum must be in [0, 1); received {self.momentum!r}")
+    _momentum("momentum", self.momentum)
     _positive("weight_decay", self.weight_decay, allow_zero=True)
     _positive("grad_clip", self.grad_clip, allow_zero=True)
     _choice("drop_path", self.drop_path, DROP_PATHS)
@@ -279,6 +281,8 @@ class TrainConfig:
 
 COMPRESS_ARCHITECTURES = ("lenet5", "vgg")
 GROUPINGS = ("filter", "channel", "shape")
+# The weight Hessian estimators (compress/weight_hessian.py); no HVP oracle.
+COMPRESS_HESSIAN_METHODS = ("ggn", "ggn_mc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,10 +351,9 @@ class CompressConfig:
     _positive("learning_rate", self.learning_rate)
     if self.pretrain_learning_rate is not None:
       _positive("pretrain_learning_rate", self.pretrain_learning_rate)
-    if not 0 <= self.momentum < 1:
-      raise ConfigError(f"--momentum must be in [0, 1); received {self.momentum!r}")
+    _momentum("momentum", self.momentum)
     _positive("weight_decay", self.weight_decay, allow_zero=True)
-    _choice("hessian", self.hessian, ("ggn", "ggn_mc"))
+    _choice("hessian", self.hessian, COMPRESS_HESSIAN_METHODS)
     _positive("hessian_batches", self.hessian_batches)
     _positive("prune_threshold", self.prune_threshold)
 

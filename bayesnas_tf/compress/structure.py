@@ -37,10 +37,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bayesnas_tf.config import GROUPINGS
 from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.ops import PACKAGE
 
-GROUP_KINDS = ("filter", "channel", "shape")
+GROUP_KINDS = GROUPINGS
 
 _WEIGHTED = (keras.layers.Conv2D, keras.layers.Dense)
 # Layers that act per channel (or not at all) and keep the channel count.

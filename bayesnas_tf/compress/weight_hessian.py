@@ -36,7 +36,9 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
-WEIGHT_HESSIAN_METHODS = ("ggn", "ggn_mc")
+from bayesnas_tf.config import COMPRESS_HESSIAN_METHODS
+
+WEIGHT_HESSIAN_METHODS = COMPRESS_HESSIAN_METHODS
 
 
 def _layer_inputs_as_rows(chain, index: int, inputs):
