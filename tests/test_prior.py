@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf.ops import PRUNE_THRESHOLD
+from bayesnas_tf.ops import PRIMITIVES, PRUNE_THRESHOLD
 from bayesnas_tf.search import prior
-from bayesnas_tf.search_space import BAYESNAS_SPACE
+from bayesnas_tf.search.derive import derive_genotype
+from bayesnas_tf.search_space import BAYESNAS_SPACE, CELL_TYPES, DARTS_SPACE
 
 
 def test_threshold_and_entropy():  # 9.2 item 1
@@ -23,12 +24,12 @@ def test_threshold_and_entropy():  # 9.2 item 1
 def test_harmonic_combination():  # 9.2 item 2
   s = np.array([0.01, 0.3, 2.0, 50.0])
   s_all = np.array([0.2, 1e9, 1e-9, 3.0])
-  gamma = prior.harmonic(s, s_all).numpy()
+  gamma = prior.harmonic(s, s_all)
   np.testing.assert_allclose(gamma, 1 / (1 / s + 1 / s_all), rtol=1e-12)
   assert np.all(gamma <= np.minimum(s, s_all) + 1e-15)
   assert gamma[1] == pytest.approx(0.3, rel=1e-8)   # s_all -> inf: gamma -> s
   assert gamma[2] < 1e-8                            # s_all -> 0: gamma -> 0
-  three = prior.harmonic(s, s_all, np.array([1.0, 1.0, 1.0, 1.0])).numpy()
+  three = prior.harmonic(s, s_all, np.array([1.0, 1.0, 1.0, 1.0]))
   assert np.all(three <= np.minimum(np.minimum(s, s_all), 1.0) + 1e-15)
 
 
@@ -149,8 +150,11 @@ def test_paper_dependency_adds_the_predecessor_term():
   np.testing.assert_allclose(official.switch.numpy(), s)
   # Edges leaving cell inputs: no predecessor term.
   np.testing.assert_allclose(paper.gamma.numpy()[:7], official.gamma.numpy()[:7])
-  # n0 -> n3: gamma_all = (1/s_all + 1/P)^-1, P = sum of op switches into n0.
-  p_total = s[0, :7].sum() + s[1, :7].sum()
+  # n0 -> n3: gamma_all = (1/s_all + 1/P)^-1, P = sum of the op switches
+  # into n0 that survive this update.
+  kept = paper.kept.numpy()
+  assert kept[:2].sum() > 8            # the term below is not trivially 0
+  p_total = sum((s[e, :7] * kept[e, :7]).sum() * kept[e, 7] for e in (0, 1))
   gamma_all = 1 / (1 / s[7, 7] + 1 / p_total)
   assert paper.gamma.numpy()[7, 7] == pytest.approx(gamma_all, rel=1e-12)
   np.testing.assert_allclose(paper.gamma.numpy()[7, :7],
@@ -166,6 +170,108 @@ def test_paper_dependency_prunes_edges_out_of_a_dead_node():
   result = _update(1.0, gates, np.full_like(gates, 50.0), [0.01] * 8,
                    "paper", pred)
   assert not result.kept.numpy()[7].any()
+
+
+def _into_n0_case(op_gate, edge_gate):
+  """Six normal cells; every gate 1 except those of the two edges into n0."""
+  gates = np.ones((6, 8, 8))
+  gates[:, :2, :7] = op_gate
+  gates[:, :2, 7] = edge_gate
+  hessian = np.full_like(gates, 100.0)    # H' = 1e4: s ~ RMS(w) (ALGORITHM 3.5)
+  pred = prior.predecessor_matrix(BAYESNAS_SPACE.normal)
+  return gates, hessian, pred
+
+
+def test_pruned_edge_gates_into_a_node_switch_off_its_outgoing_edges():
+  # Proposition 1 within one update: both w_all into n0 are pruned while the
+  # op gates stay large. With the switches from before pruning, n0 -> n3 was
+  # kept (gamma ~ 0.48) although n0 has no input left.
+  gates, hessian, pred = _into_n0_case(op_gate=1.0, edge_gate=0.01)
+  result = _update(1.0, gates, hessian, [0.01] * 8, "paper", pred)
+  kept = result.kept.numpy()
+  assert not kept[0, 7] and not kept[1, 7]        # both edge gates pruned
+  assert result.switch.numpy()[:2, :7].min() > 0.9  # op switches stay large
+  assert not kept[7].any()                        # n0 -> n3 is off
+  assert result.gamma.numpy()[7].max() < 1e-9
+  assert kept[2:7].all()                          # the rest is untouched
+  stale = 1 / (1 / result.switch.numpy()[7, 7] +
+               1 / result.switch.numpy()[:2, :7].sum())
+  assert stale > 0.4                              # what the stale term gave
+  # The official two-term form keeps it, as the official code does.
+  official = _update(1.0, gates, hessian, [0.01] * 8, "official")
+  assert official.kept.numpy()[7].all()
+
+
+def test_ops_pruned_one_by_one_into_a_node_switch_off_its_outgoing_edges():
+  # All 14 op gates into n0 are ~0.05: each is pruned on its own, but their
+  # stale switch sum (~0.7) used to keep n0 -> n3 (gamma ~ 0.29).
+  gates, hessian, pred = _into_n0_case(op_gate=0.05, edge_gate=1.0)
+  result = _update(1.0, gates, hessian, [0.01] * 8, "paper", pred)
+  kept, s = result.kept.numpy(), result.switch.numpy()
+  assert not kept[:2, :7].any() and kept[:2, 7].all()
+  assert s[:2, :7].sum() == pytest.approx(0.7, rel=0.01)
+  assert not kept[7].any()
+  genotype = derive_genotype(BAYESNAS_SPACE, PRIMITIVES,
+                             {"normal": kept, "reduce": np.ones((8, 8), bool)})
+  assert genotype.normal[0] == ()
+  assert genotype.normal[3] and all(src != "n0" for _, src in genotype.normal[3])
+
+
+def _nodes_read_without_input(genotype, cell_type):
+  cell = genotype.cell(cell_type)
+  return {src for node in cell for _, src in node
+          if src.startswith("n") and not cell[int(src[1:])]}
+
+
+@pytest.mark.parametrize("space", [BAYESNAS_SPACE, DARTS_SPACE],
+                         ids=lambda s: s.name)
+def test_derived_genotype_never_reads_a_node_without_input(space):
+  # Property test over random gate/Hessian draws (gates often near the
+  # threshold, whole edges or nodes often off), for one and two updates.
+  rng = np.random.default_rng(7)
+  preds = {t: prior.predecessor_matrix(space.cell(t)) for t in CELL_TYPES}
+  degenerate = 0
+  for draw in range(150):
+    kept, gamma = {}, {}
+    for t in CELL_TYPES:
+      n, e = rng.integers(1, 4), len(space.cell(t).edges)
+      scale = rng.choice([0.03, 0.06, 0.2, 1.0], size=(1, e, 8))
+      gates = rng.uniform(0, 1, size=(n, e, 8)) * scale
+      hessian = rng.uniform(0, 200, size=(n, e, 8)) * (rng.uniform(size=(n, e, 8)) < 0.9)
+      first = _update(1.0, gates, hessian, [0.01] * 8, "paper", preds[t])
+      result = first
+      if draw % 2:   # a second update on the survivors (masked gates are 0)
+        mask = first.kept.numpy()
+        result = prior.update_group(first.gamma, first.omega, gates * mask,
+                                    hessian * mask, [0.01] * 8, mask, preds[t])
+      kept[t] = result.kept.numpy()
+    genotype = derive_genotype(space, PRIMITIVES, kept)
+    for t in CELL_TYPES:
+      assert not _nodes_read_without_input(genotype, t), (draw, t, genotype.cell(t))
+      degenerate += sum(1 for node in genotype.cell(t) if not node)
+  assert degenerate > 20       # the draws do empty some nodes
+
+
+def test_predecessors_must_come_first():
+  pred = np.zeros((2, 2))
+  pred[0, 1] = 1.0
+  with pytest.raises(ValueError, match="topological order"):
+    _update(1.0, np.ones((1, 2, 3)), np.ones((1, 2, 3)), [1.0] * 3, "paper", pred)
+
+
+def test_single_gate_edges_follow_their_parent():
+  # One gate per edge (op and edge gate merged), a chain 0 -> 1 -> 2: pruning
+  # the parent prunes the whole subtree in the same update.
+  pred = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float64)
+  gates = np.array([[[0.01], [1.0], [1.0]]])
+  result = _update(1.0, gates, np.full((1, 3, 1), 100.0), [0.01], "paper", pred)
+  assert result.kept.numpy()[:, 0].tolist() == [False, False, False]
+  gates[0, 0, 0] = 1.0
+  result = _update(1.0, gates, np.full((1, 3, 1), 100.0), [0.01], "paper", pred)
+  s = result.switch.numpy()[:, 0]
+  assert result.kept.numpy()[:, 0].all()
+  assert result.gamma.numpy()[1, 0] == pytest.approx(1 / (1 / s[1] + 1 / s[0]))
+  assert result.gamma.numpy()[2, 0] == pytest.approx(1 / (1 / s[2] + 1 / s[1]))
 
 
 def test_pruned_groups_stay_frozen():

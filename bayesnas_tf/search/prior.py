@@ -18,7 +18,9 @@ One update, for every group (vectorised):
     pruned  <=> gamma <= 1/(2 pi e)                 entropy 1/2 ln(2 pi e gamma) <= 0
 
 where P is the sum of the op switches s of the edges that enter the edge's
-source node (eq. 8's middle term; none for edges leaving a cell input).
+source node and survive this same update (eq. 8's middle term; none for edges
+leaving a cell input), so Proposition 1 holds after every single update: a
+node whose inputs are all pruned switches off every edge that leaves it.
 gamma is the group's previous value, the same in every cell, so the official
 code's "last cell" leak and its broadcasting bug (ALGORITHM.md 3.5) do not
 arise. All prior arithmetic runs in float64.
@@ -56,8 +58,8 @@ def harmonic(*terms):
   Never larger than its smallest term; a zero term gives zero.
   """
   inverse = 0.0
-  for term in terms:  # Broadcasting sum (tf.add_n needs equal shapes).
-    inverse += 1.0 / tf.maximum(tf.cast(term, DTYPE), EPSILON)
+  for term in terms:  # Broadcasting sum of float64 arrays.
+    inverse = inverse + 1.0 / np.maximum(np.asarray(term, np.float64), EPSILON)
   return 1.0 / inverse
 
 
@@ -128,6 +130,61 @@ class GroupUpdate:
   kept: tf.Tensor            # (E, G)     bool
 
 
+def _dependent_gammas(switch: np.ndarray, kept_prev: np.ndarray,
+                      predecessors: Optional[np.ndarray], threshold: float):
+  """gamma of eq. 6 / 8 and the pruning decision, edge by edge.
+
+  Edges are visited in their (topological) order, so the predecessor term of
+  an edge is built from the op switches that *survive this update* on the
+  edges entering its source node (an op counts only while its own gate and
+  its edge gate `w_all` are kept). This is Proposition 1 / Remark 1 within a
+  single update: when every op into a node is off, P = 0, so gamma_all = 0
+  and every edge leaving that node is off too; with stale (pre-pruning)
+  switches a node could lose all its inputs and still feed kept ops.
+
+  With one gate per edge (G = 1, e.g. a tree edge whose op and edge gate are
+  merged) that gate is both the edge gate and the op.
+
+  Args:
+    switch: (E, G) s of this update (0 for groups pruned earlier).
+    kept_prev: (E, G) bool, groups still alive before this update.
+    predecessors: (E, E) 0/1 from `predecessor_matrix` (row e marks the
+      edges entering e's source), or None for the official two-term form.
+    threshold: prune when gamma <= threshold.
+
+  Returns:
+    gamma (E, G) float64 and kept (E, G) bool.
+  """
+  num_edges, num_gates = switch.shape
+  single = num_gates == 1
+  gamma = np.zeros_like(switch)
+  kept = np.zeros_like(kept_prev, dtype=bool)
+  surviving = np.zeros(num_edges)   # sum of the surviving op switches per edge
+  for e in range(num_edges):
+    gamma_edge = switch[e, -1]
+    if predecessors is not None:
+      sources = np.flatnonzero(predecessors[e])
+      if np.any(sources >= e):
+        raise ValueError(
+            f"edge {e} has predecessor edge(s) {sources[sources >= e].tolist()} "
+            "that do not come before it; edges must be in topological order")
+      if sources.size:
+        # eq. 8: gamma_all = (1/s_all + 1/P)^-1, P = the surviving switches.
+        gamma_edge = harmonic(gamma_edge, surviving[sources].sum())
+    if single:
+      gamma[e, 0] = gamma_edge
+    else:
+      # The edge gate is updated first; its ops use the new gamma_all (eq. 8).
+      gamma[e, -1] = gamma_edge
+      gamma[e, :-1] = harmonic(switch[e, :-1], gamma_edge)
+    kept[e] = kept_prev[e] & (gamma[e] > threshold)
+    if single:
+      surviving[e] = switch[e, 0] * kept[e, 0]
+    else:
+      surviving[e] = np.sum(switch[e, :-1] * kept[e, :-1]) * kept[e, -1]
+  return gamma, kept
+
+
 def update_group(gamma_prev, omega_prev, gates, hessian, lambdas, kept_prev,
                  predecessors: Optional[np.ndarray] = None,
                  dependency: str = "paper",
@@ -162,19 +219,11 @@ def update_group(gamma_prev, omega_prev, gates, hessian, lambdas, kept_prev,
       gamma_prev[tf.newaxis], gates, hessian_scaled, axes=[0])
   switch = tf.where(kept_prev, switch, tf.zeros_like(switch))
 
-  gamma_all = switch[:, -1]
-  if dependency == "paper" and predecessors is not None:
-    # eq. 8 middle term: 1 / sum of the op switches entering the source node.
-    pred = tf.cast(predecessors, DTYPE)
-    op_switch_sum = tf.reduce_sum(switch[:, :-1], axis=1)            # (E,)
-    pred_total = tf.linalg.matvec(pred, op_switch_sum)               # (E,)
-    has_pred = tf.reduce_sum(pred, axis=1) > 0
-    gamma_all = tf.where(has_pred, harmonic(gamma_all, pred_total), gamma_all)
-  # The edge gate is updated first; its ops use the new gamma_all.
-  gamma_ops = harmonic(switch[:, :-1], gamma_all[:, tf.newaxis])
-  gamma = tf.concat([gamma_ops, gamma_all[:, tf.newaxis]], axis=1)
-
-  kept = tf.logical_and(kept_prev, gamma > threshold)
+  use_predecessors = dependency == "paper" and predecessors is not None
+  gamma, kept = _dependent_gammas(
+      switch.numpy(), kept_prev.numpy(),
+      predecessors if use_predecessors else None, threshold)
+  gamma, kept = tf.constant(gamma, DTYPE), tf.constant(kept)
   # Groups pruned earlier keep their values: their gates are masked, their
   # Hessian is zero, and they take no further part (DESIGN.md 5, step 5).
   gamma = tf.where(kept_prev, gamma, gamma_prev)
