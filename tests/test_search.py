@@ -75,15 +75,23 @@ def test_genotype_keeps_exactly_the_ops_above_threshold(finished_search):
   assert 0 < len(kept) < len(groups)
 
 
-def test_pruned_groups_are_masked_and_have_tiny_gates(finished_search):
+def test_groups_pruned_in_the_first_update_are_masked_in_the_second(finished_search):
   model_dir, _ = finished_search
   posterior = json.loads((model_dir / "posterior.json").read_text())
+  by_round = {0: 0, 1: 0, 2: 0}
   for group in posterior["groups"]:
-    if not group["kept"]:
+    by_round[group["pruned_at"]] += 1
+    assert group["kept"] == (group["pruned_at"] == 0)
+    if group["pruned_at"] == 1:
+      # Masked during iteration 2: its op was not computed, so the gate that
+      # entered update 2 is exactly 0 and so is its Hessian, and its gamma is
+      # the frozen value of update 1.
+      assert all(w == 0.0 for w in group["w"]), group
+      assert all(h == 0.0 for h in group["H"]), group
       assert group["gamma"] <= PRUNE_THRESHOLD
-      # Pruned in the first round: masked, so its effective gates are 0.
-      if group["H"] == [0.0] * len(group["H"]):
-        assert all(w == 0.0 for w in group["w"])
+    elif group["pruned_at"] == 0:
+      assert any(w != 0.0 for w in group["w"]), group
+  assert by_round[1] > 0 and by_round[0] > 0, by_round
 
 
 def test_finished_search_is_not_redone(finished_search, tmp_path):

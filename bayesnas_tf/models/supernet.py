@@ -133,10 +133,21 @@ class SuperNet(keras.Model):
   def present_cell_types(self) -> List[str]:
     return [t for t in CELL_TYPES if t in self.cell_types]
 
+  def stack_by_type(self, per_cell: Sequence[tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """One value per cell (in `self.cells` order) -> stacked per cell type.
+
+    The one place that fixes the cell order inside a type, shared by the
+    gates and the Hessians so that the prior update pairs them cell by cell.
+    """
+    if len(per_cell) != len(self.cells):
+      raise ValueError(f"expected {len(self.cells)} values, one per cell; "
+                       f"received {len(per_cell)}")
+    return {t: tf.stack([v for v, ct in zip(per_cell, self.cell_types) if ct == t])
+            for t in self.present_cell_types}
+
   def gates_by_type(self) -> Dict[str, tf.Tensor]:
     """Effective gates per cell type, (cells_of_type, num_edges, num_ops+1)."""
-    return {t: tf.stack([c.gates() for c in self.cells_of_type(t)])
-            for t in self.present_cell_types}
+    return self.stack_by_type([c.gates() for c in self.cells])
 
   def masks_by_type(self) -> Dict[str, np.ndarray]:
     """The (shared) pruning mask per cell type, (num_edges, num_ops+1)."""

@@ -259,8 +259,10 @@ def gate_lambdas(num_ops: int, lambda_child: float,
 class HardPrior(tf.Module):
   """The prior state of every group, as checkpointable variables.
 
-  Per cell type: gamma, omega, switch (E, G); covariance, hessian (raw H)
-  and hessian_scaled (H / lambda) (n, E, G); kept (E, G) as 0/1.
+  Per cell type: gamma, omega, switch (E, G); covariance, hessian (raw H),
+  hessian_scaled (H / lambda) and the gates w that entered the last update
+  (n, E, G); kept (E, G) as 0/1; pruned_at (E, G), the update (1, 2, ...)
+  that pruned a group, 0 while it is kept.
   """
 
   def __init__(self, cells_per_type: Mapping[str, int],
@@ -278,6 +280,8 @@ class HardPrior(tf.Module):
     self.hessian: Dict[str, tf.Variable] = {}
     self.hessian_scaled: Dict[str, tf.Variable] = {}
     self.kept: Dict[str, tf.Variable] = {}
+    self.gates: Dict[str, tf.Variable] = {}
+    self.pruned_at: Dict[str, tf.Variable] = {}
     for cell_type in self.cell_types:
       group_shape = (edges_per_type[cell_type], num_gates)
       cell_shape = (cells_per_type[cell_type],) + group_shape
@@ -297,6 +301,8 @@ class HardPrior(tf.Module):
       self.hessian[cell_type] = var(np.zeros(cell_shape), "hessian")
       self.hessian_scaled[cell_type] = var(np.zeros(cell_shape), "hessian_scaled")
       self.kept[cell_type] = var(np.ones(group_shape), "kept")
+      self.gates[cell_type] = var(np.zeros(cell_shape), "gates")
+      self.pruned_at[cell_type] = var(np.zeros(group_shape), "pruned_at")
     self.updates = tf.Variable(0, dtype=tf.int64, trainable=False,
                                name="updates")
 
@@ -324,7 +330,13 @@ class HardPrior(tf.Module):
       self.covariance[cell_type].assign(result.covariance)
       self.hessian[cell_type].assign(tf.cast(hessian_by_type[cell_type], DTYPE))
       self.hessian_scaled[cell_type].assign(result.hessian_scaled)
+      newly_pruned = tf.logical_and(self.kept[cell_type].value() > 0.5,
+                                    tf.logical_not(result.kept))
+      self.pruned_at[cell_type].assign(tf.where(
+          newly_pruned, tf.cast(self.updates + 1, DTYPE),
+          self.pruned_at[cell_type]))
       self.kept[cell_type].assign(tf.cast(result.kept, DTYPE))
+      self.gates[cell_type].assign(tf.cast(gates_by_type[cell_type], DTYPE))
       results[cell_type] = result
     self.updates.assign_add(1)
     return results

@@ -1,8 +1,9 @@
 """The BayesNAS search loop (DESIGN.md 5; the paper's Algorithm 1/2).
 
 Per iteration t = 1..T:
-  phase 0, warm-up: weights only, gates frozen, cutout on, on a disjoint
-    fraction of the training split;
+  phase 0, warm-up: weights only, gates frozen at 1 (from iteration 2 on
+    they restart at 1 after the prune, Algorithm 1 step 5), cutout on, on a
+    disjoint fraction of the training split;
   phase 1, search: weights and gates jointly on the rest, loss =
     cross-entropy + re-weighted group lasso (eq. 21) + weight decay on weights;
   phase 2, update: Hessian diagonal w.r.t. the gates (BN in inference mode),
@@ -374,17 +375,16 @@ class BayesNASSearch:
       raise ConfigError(
           "no batch is available for the Hessian; lower --batch_size")
     # The Hessian is a sum over one batch, averaged over the batches.
-    per_cell = [tf.cast(h, tf.float64) / batches for h in totals]
-    types = self.net.cell_types
-    hessian_by_type = {
-        t: tf.stack([h for h, ct in zip(per_cell, types) if ct == t])
-        for t in self.net.present_cell_types}
+    hessian_by_type = self.net.stack_by_type(
+        [tf.cast(h, tf.float64) / batches for h in totals])
     gates_by_type = self.net.gates_by_type()
     results = self.prior.update(
         gates_by_type, hessian_by_type, self.lambdas, self.predecessors,
         search.dependency, search.prune_threshold)
     masks = self.prior.kept_masks()
     self.net.set_masks({t: m.astype(np.float32) for t, m in masks.items()})
+    if iteration + 1 < search.iterations:
+      self._reset_gates()
     self._step_fns.clear()  # Re-trace without the pruned ops.
     with writer.as_default(step=int(self.state.global_step.numpy())):
       for t, result in results.items():
@@ -400,18 +400,36 @@ class BayesNASSearch:
                  iteration + 1, search.hessian, batches, kept)
     self._write_outputs()
 
+  def _reset_gates(self) -> None:
+    """Algorithm 1 step 5: "fix w = 1, train the pruned net".
+
+    Before the next iteration every surviving gate restarts at 1 (pruned
+    ones stay masked, so their effective gate stays 0) and the gates' SGD
+    momentum is cleared: the next warm-up trains the weights of the pruned
+    net at w = 1, and its joint phase shrinks the gates from 1 again. After
+    the last update the gates are left as trained, so the reported accuracy
+    is that of the trained, pruned supernet (the derived network of
+    --mode=retrain has w = 1 by construction).
+    """
+    for variable in self.net.arch_variables:
+      variable.assign(tf.ones_like(variable))
+    for velocity in self.arch_optimizer.momentums:
+      velocity.assign(tf.zeros_like(velocity))
+
   # --- outputs --------------------------------------------------------------
   def posterior_dict(self) -> dict:
     cfg = self.config
     primitives = list(cfg.supernet.primitives)
     gate_names = primitives + ["all"]
-    gates = {t: g.numpy() for t, g in self.net.gates_by_type().items()}
+    # The gates that entered the last update (they restart at 1 afterwards
+    # when another iteration follows).
+    gates = {t: v.numpy() for t, v in self.prior.gates.items()}
     groups = []
     for t in self.prior.cell_types:
       spec = self.space.cell(t)
       values = {name: getattr(self.prior, name)[t].numpy() for name in (
           "gamma", "omega", "switch", "covariance", "hessian", "hessian_scaled",
-          "kept")}
+          "kept", "pruned_at")}
       for e, edge_name in enumerate(spec.edge_names):
         for g, gate in enumerate(gate_names):
           w = gates[t][:, e, g]
@@ -428,6 +446,7 @@ class BayesNASSearch:
               "gamma": float(values["gamma"][e, g]),
               "entropy": float(prior_lib.entropy(max(values["gamma"][e, g], 1e-300))),
               "kept": bool(values["kept"][e, g] > 0.5),
+              "pruned_at": int(values["pruned_at"][e, g]),
           })
     return {
         "schema_version": POSTERIOR_SCHEMA_VERSION,
@@ -445,7 +464,11 @@ class BayesNASSearch:
                 "over `batches` batches; the prior uses H_scaled = H / lambda "
                 "(eq. 17)"),
         },
-        "gate_layout": "gate 'all' is the edge gate w_all (Sec. 4.2); lists hold one value per cell of the type",
+        "gate_layout": (
+            "gate 'all' is the edge gate w_all (Sec. 4.2); lists hold one "
+            "value per cell of the type; w are the effective gates that "
+            "entered the last update (0 when masked); pruned_at is the "
+            "update that pruned the group (0: kept)"),
         "groups": groups,
     }
 
