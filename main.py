@@ -74,7 +74,10 @@ flags.DEFINE_integer("warmup_epochs", None, "Warm-up epochs per iteration.")
 flags.DEFINE_integer("search_epochs", None, "Joint epochs per iteration.")
 flags.DEFINE_integer("iterations", None, "Search iterations T.")
 flags.DEFINE_enum("hessian", None, list(config_lib.HESSIAN_METHODS),
-                  "Gate Hessian estimator.")
+                  "Gate Hessian estimator: ggn (exact Gauss-Newton diagonal), "
+                  "ggn_mc (one sampled label), exact (one HVP per gate; small "
+                  "models), diag_backprop (the paper's diagonal Hessian "
+                  "back-propagation; one forward and one backward pass).")
 flags.DEFINE_integer("hessian_batches", None, "Batches the Hessian averages over.")
 flags.DEFINE_enum("dependency", None, list(config_lib.DEPENDENCIES),
                   "eq. 8 with predecessors (paper) or without (official).")

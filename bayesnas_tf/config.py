@@ -16,7 +16,8 @@ from bayesnas_tf.ops import PRIMITIVES, PRUNE_THRESHOLD, check_primitives
 
 MODES = ("search", "retrain", "transfer", "compress", "export")
 STRATEGIES = ("default", "one_device", "mirrored")
-HESSIAN_METHODS = ("ggn", "ggn_mc", "exact")
+# The gate Hessian estimators (search/hessian.py reads this list).
+HESSIAN_METHODS = ("ggn", "ggn_mc", "exact", "diag_backprop")
 DEPENDENCIES = ("paper", "official")
 INITS = ("paper", "official")
 CONFIG_SCHEMA_VERSION = 1
@@ -114,7 +115,8 @@ class SearchConfig:
       the rest (disjoint) is used for the joint search epoch(s).
     warmup_epochs, search_epochs: epochs per phase and iteration.
     iterations: T, the number of train -> Hessian -> update -> prune rounds.
-    hessian: "ggn" (exact Gauss-Newton diagonal), "ggn_mc" or "exact".
+    hessian: "ggn" (exact Gauss-Newton diagonal), "ggn_mc", "exact" or
+      "diag_backprop" (the paper's diagonal back-propagation).
     hessian_batches: batches the Hessian is averaged over.
     dependency: "paper" (eq. 8 with predecessors) or "official".
     init: "paper" (gamma = omega = 1) or "official" (U(0, 1)).
@@ -282,7 +284,7 @@ class TrainConfig:
 COMPRESS_ARCHITECTURES = ("lenet5", "vgg")
 GROUPINGS = ("filter", "channel", "shape")
 # The weight Hessian estimators (compress/weight_hessian.py); no HVP oracle.
-COMPRESS_HESSIAN_METHODS = ("ggn", "ggn_mc")
+COMPRESS_HESSIAN_METHODS = ("ggn", "ggn_mc", "diag_backprop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +313,9 @@ class CompressConfig:
     pretrain_learning_rate: of pretraining (cosine from it); None: the
       learning_rate.
     momentum, weight_decay: SGD for all phases.
-    hessian: "ggn" (exact GGN diagonal, K backward passes) or "ggn_mc".
+    hessian: "ggn" (exact GGN diagonal, K backward passes), "ggn_mc" or
+      "diag_backprop" (the paper's diagonal back-propagation; ReLU/linear
+      activations only).
     hessian_batches: batches the weight Hessian is averaged over.
     prune_threshold: prune a group when gamma <= this (default 1/(2 pi e)).
   """

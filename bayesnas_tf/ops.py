@@ -95,6 +95,12 @@ class _SequenceOp(keras.layers.Layer):
     self.stride = stride
     self._chain: list = []
 
+  @property
+  def chain(self) -> Tuple[keras.layers.Layer, ...]:
+    """The layers in the order `call` applies them (read by the shadow pass
+    of search/diag_backprop.py, which walks an op layer by layer)."""
+    return tuple(self._chain)
+
   def build(self, input_shape):
     if input_shape[-1] is not None and input_shape[-1] != self.channels:
       raise ValueError(

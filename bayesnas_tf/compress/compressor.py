@@ -34,6 +34,7 @@ from bayesnas_tf import distribute
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.compress import structure
+from bayesnas_tf.compress import weight_diag_backprop
 from bayesnas_tf.compress.group_prior import WeightGroupPrior
 from bayesnas_tf.compress.weight_hessian import kernel_hessian_diagonal
 from bayesnas_tf.config import ExperimentConfig
@@ -116,6 +117,8 @@ class Compressor:
     with strategy.scope():
       self.model = self._base_model()
       self.chain = structure.CNNChain(self.model)
+      if self.cfg.hessian == "diag_backprop":
+        weight_diag_backprop.check_supported(self.chain)  # before pretraining
       self.group_sets = self.chain.group_sets(self.cfg.groups)
       self.prior = WeightGroupPrior(self.group_sets)
       self.unit_masks = {p: tf.Variable(np.ones(self.chain.units(p), np.float32),

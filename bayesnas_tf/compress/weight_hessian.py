@@ -28,6 +28,10 @@ gradients are sum_q x_hat_bq g_bq (gamma) and sum_q g_bq (beta).
 
 `ggn_mc` samples one label per example instead of summing over classes
 (E[(p - e_y)(p - e_y)^T] = A): one backward pass instead of K.
+
+`diag_backprop` is the paper's own approximation of the same diagonal
+(weight_diag_backprop.py): one forward and one backward pass of a shadow
+network, ReLU/linear activations only.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
+from bayesnas_tf.compress.weight_diag_backprop import weight_diag_backprop
 from bayesnas_tf.config import COMPRESS_HESSIAN_METHODS
 
 WEIGHT_HESSIAN_METHODS = COMPRESS_HESSIAN_METHODS
@@ -63,13 +68,16 @@ def kernel_hessian_diagonal(chain, images, method: str = "ggn",
   Args:
     chain: the model; batch norm runs in inference mode.
     images: one batch.
-    method: "ggn" (exact, K backward passes) or "ggn_mc" (one sampled label).
+    method: "ggn" (exact, K backward passes), "ggn_mc" (one sampled label)
+      or "diag_backprop" (the paper's diagonal back-propagation).
     seed: stateless seed (shape (2,)) for "ggn_mc".
     unit_masks: removed units, as in `CNNChain.forward`.
   """
   if method not in WEIGHT_HESSIAN_METHODS:
     raise ValueError(f"unknown weight Hessian method {method!r}; valid: "
                      f"{WEIGHT_HESSIAN_METHODS}")
+  if method == "diag_backprop":
+    return weight_diag_backprop(chain, images, unit_masks)
   taps = {}
   with tf.GradientTape(persistent=True) as tape:
     logits = chain.forward(images, training=False, unit_masks=unit_masks, taps=taps)

@@ -18,6 +18,10 @@ cell, (num_edges, num_ops + 1), laid out like `SwitchedEdge.gates()`.
   the squared per-example gradient is an unbiased estimate (one backward).
 * `exact`: one Hessian-vector product per gate (nested tapes); an oracle for
   tests and small models.
+* `diag_backprop`: the paper's layer-wise diagonal back-propagation
+  (ALGORITHM.md 3.4.2), one forward and one backward pass of a "shadow"
+  network (diag_backprop.py); an approximation that drops off-diagonal
+  curvature terms.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from typing import List, Optional
 
 import tensorflow as tf
 
-HESSIAN_METHODS = ("ggn", "ggn_mc", "exact")
+from bayesnas_tf.config import HESSIAN_METHODS
+from bayesnas_tf.search import diag_backprop
 
 
 def _float_logits(logits):
@@ -132,5 +137,7 @@ def gate_hessian(net, images, labels, method: str = "ggn",
     return ggn_mc_diagonal(net, images, seed)
   if method == "exact":
     return exact_diagonal(net, images, labels)
+  if method == "diag_backprop":
+    return diag_backprop.diag_backprop_diagonal(net, images)
   raise ValueError(
       f"unknown Hessian method {method!r}; valid methods are {HESSIAN_METHODS}")
