@@ -120,6 +120,18 @@ flags.DEFINE_integer("epochs_per_iteration", None,
                      "Re-weighted group-lasso epochs per compression round.")
 flags.DEFINE_integer("finetune_epochs", None, "Epochs of the slim model.")
 
+# --- study ------------------------------------------------------------------
+flags.DEFINE_integer("study_seeds", None, "Searches of --mode=study (seeds seed, seed+1, ...).")
+flags.DEFINE_integer("random_per_seed", None,
+                     "Random genotypes per found one, with its ops per cell type.")
+flags.DEFINE_list("study_reference", None,
+                  "Released genotypes retrained as reference rows.")
+flags.DEFINE_integer("retrain_cells", None, "Cells of every study retrain.")
+flags.DEFINE_integer("retrain_channels", None, "Channels of every study retrain.")
+flags.DEFINE_integer("retrain_epochs", None, "Epochs of every study retrain.")
+flags.DEFINE_float("retrain_learning_rate", None, "Learning rate of every study retrain.")
+flags.DEFINE_integer("retrain_batch_size", None, "Batch size of every study retrain.")
+
 # --- export -----------------------------------------------------------------
 flags.DEFINE_bool("export", None, "Export a SavedModel at the end of training.")
 flags.DEFINE_string("export_dir", None, "Root of the exported models.")

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.ops import PRIMITIVES, PRUNE_THRESHOLD, check_primitives
 
-MODES = ("search", "retrain", "transfer", "compress", "export")
+MODES = ("search", "retrain", "transfer", "compress", "export", "study")
 STRATEGIES = ("default", "one_device", "mirrored")
 # The gate Hessian estimators (search/hessian.py reads this list).
 HESSIAN_METHODS = ("ggn", "ggn_mc", "exact", "diag_backprop")
@@ -387,6 +387,43 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StudyConfig:
+  """Searched against random cells (--mode=study, bayesnas_tf/study.py).
+
+  The searches use the supernet and search sections; every genotype is then
+  retrained with the one schedule below (the train section supplies the
+  rest: cosine lr, weight decay, drop path, clipping), on the data section's
+  split, with the same seed.
+
+  Attributes:
+    study_seeds: searches, with seeds seed, seed + 1, ...
+    random_per_seed: random genotypes per found one (same ops per cell type).
+    study_reference: released genotypes retrained as reference rows.
+    retrain_cells, retrain_channels, retrain_epochs, retrain_learning_rate,
+      retrain_batch_size: the shared retraining schedule.
+  """
+  study_seeds: int = 3
+  random_per_seed: int = 2
+  study_reference: Tuple[str, ...] = ("bayesnas_l0.01",)
+  retrain_cells: int = 8
+  retrain_channels: int = 16
+  retrain_epochs: int = 10
+  retrain_learning_rate: float = 0.05
+  retrain_batch_size: int = 64
+
+  def validate(self) -> None:
+    _positive("study_seeds", self.study_seeds)
+    _positive("random_per_seed", self.random_per_seed, allow_zero=True)
+    if self.retrain_cells < 3:
+      raise ConfigError(
+          f"--retrain_cells must be at least 3; received {self.retrain_cells}")
+    _positive("retrain_channels", self.retrain_channels)
+    _positive("retrain_epochs", self.retrain_epochs)
+    _positive("retrain_learning_rate", self.retrain_learning_rate)
+    _positive("retrain_batch_size", self.retrain_batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   mode: str = "search"
   data: DataConfig = DataConfig()
@@ -396,6 +433,7 @@ class ExperimentConfig:
   compress: CompressConfig = CompressConfig()
   export: ExportConfig = ExportConfig()
   runtime: RuntimeConfig = RuntimeConfig()
+  study: StudyConfig = StudyConfig()
 
   def validate(self) -> "ExperimentConfig":
     _choice("mode", self.mode, MODES)
@@ -430,7 +468,7 @@ class ExperimentConfig:
         raise ConfigError(
             f"unknown field(s) {sorted(unknown)} in configuration section {key!r}")
       section = dict(value)
-      for name in ("primitives", "groups"):
+      for name in ("primitives", "groups", "study_reference"):
         if name in section:
           section[name] = tuple(section[name])
       kwargs[key] = section_cls(**section)
@@ -446,7 +484,8 @@ class ExperimentConfig:
     for evaluation_only in ("eval_batch_size", "max_eval_examples"):
       data.pop(evaluation_only)
     sections = {"search": ("supernet", "search"), "retrain": ("train",),
-                "transfer": ("train",), "compress": ("compress",)
+                "transfer": ("train",), "compress": ("compress",),
+                "study": ("supernet", "search", "train", "study"),
                 }.get(self.mode, ())
     result = {"data": data, "seed": self.runtime.seed}
     for section in sections:
@@ -457,7 +496,7 @@ class ExperimentConfig:
 SECTIONS = {
     "data": DataConfig, "supernet": SupernetConfig, "search": SearchConfig,
     "train": TrainConfig, "compress": CompressConfig, "export": ExportConfig,
-    "runtime": RuntimeConfig,
+    "runtime": RuntimeConfig, "study": StudyConfig,
 }
 
 
@@ -487,6 +526,8 @@ def default_config(mode: str) -> ExperimentConfig:
         mode=mode, data=DataConfig(dataset="mnist", batch_size=64, crop_padding=0,
                                    flip=False, cutout=0),
         runtime=RuntimeConfig(model_dir="runs/compress"))
+  if mode == "study":
+    return ExperimentConfig(mode=mode, runtime=RuntimeConfig(model_dir="runs/study"))
   if mode == "export":
     return ExperimentConfig(mode=mode, runtime=RuntimeConfig(model_dir="runs/retrain"))
   return ExperimentConfig(mode=mode)

@@ -289,17 +289,27 @@ def run_compress(config: ExperimentConfig, flags_text: str = ""):
   return result
 
 
+def _run_study(config: ExperimentConfig, flags_text: str = ""):
+  """--mode=study: searched vs random cells (bayesnas_tf/study.py)."""
+  from bayesnas_tf import study  # pylint: disable=g-import-not-at-top
+  return study.run_study(config, flags_text)
+
+
 def result_text(config: ExperimentConfig, result) -> Optional[str]:
   """What `main.py` prints after a mode finishes (None: nothing)."""
   if config.mode == "compress":
     from bayesnas_tf.compress import compressor  # pylint: disable=g-import-not-at-top
     return compressor.format_report(result.report)
+  if config.mode == "study":
+    from bayesnas_tf import study  # pylint: disable=g-import-not-at-top
+    return study.result_text(result)
   return None
 
 
 MODES: Dict[str, Callable] = {
     "search": run_search, "retrain": run_training, "transfer": run_training,
     "compress": run_compress, "export": run_export,
+    "study": _run_study,
 }
 SUMMARIES: Dict[str, Callable] = {
     "search": search_summary, "retrain": train_summary, "transfer": train_summary,

@@ -1,0 +1,131 @@
+"""--mode=study: random genotypes, the table, and a tiny end-to-end study that
+resumes without redoing finished runs (the real study is not run by CI)."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from bayesnas_tf import config as config_lib
+from bayesnas_tf import study as study_lib
+from bayesnas_tf.genotype import resolve_genotype
+from bayesnas_tf.search_space import BAYESNAS_SPACE, DARTS_SPACE
+from conftest import run_main, tree_digest
+
+PRIMITIVES = ("sep3", "max", "avg", "id")
+
+
+@pytest.mark.parametrize("space", [BAYESNAS_SPACE, DARTS_SPACE], ids=lambda s: s.name)
+def test_random_genotypes_match_the_counts_and_read_only_live_nodes(space):
+  rng = np.random.default_rng(0)
+  seen = set()
+  for normal, reduce in [(1, 1), (3, 9), (10, 4), (20, 25)]:
+    for _ in range(20):
+      genotype = study_lib.random_genotype(
+          space, PRIMITIVES, {"normal": normal, "reduce": reduce}, rng)
+      assert study_lib.kept_op_counts(genotype) == {"normal": normal, "reduce": reduce}
+      assert not study_lib.reads_empty_node(genotype)
+      for cell_type in ("normal", "reduce"):
+        spec = space.cell(cell_type)
+        pairs = [(op, src, f"n{j}") for j, node in enumerate(genotype.cell(cell_type))
+                 for op, src in node]
+        assert len(set(pairs)) == len(pairs)          # distinct (edge, op)
+        for op, src, dst in pairs:
+          assert op in PRIMITIVES and (src, dst) in spec.edges
+      seen.add(genotype)
+  assert len(seen) > 60                               # really random
+  a = study_lib.random_genotype(space, PRIMITIVES, {"normal": 5, "reduce": 5},
+                                np.random.default_rng([1, 2]))
+  b = study_lib.random_genotype(space, PRIMITIVES, {"normal": 5, "reduce": 5},
+                                np.random.default_rng([1, 2]))
+  assert a == b                                       # seeded
+
+
+def test_reads_empty_node_and_counts():
+  released = resolve_genotype("bayesnas_l0.01")
+  assert study_lib.kept_op_counts(released) == {"normal": 10, "reduce": 10}
+  assert not study_lib.reads_empty_node(released)
+  broken = dataclasses.replace(
+      released, normal=((),) + released.normal[1:3] + ((("avg", "n0"),),))
+  assert study_lib.reads_empty_node(broken)
+
+
+def test_summary_and_table():
+  def row(name, group, acc, params):
+    return study_lib.RunRecord(name, group, 0, {}, {"normal": 3, "reduce": 4},
+                               params, acc, 1.0, "x")
+  runs = [row("a", "searched", 0.5, 100), row("b", "searched", 0.7, 300),
+          row("c", "random", 0.4, 200), row("d", "released", 0.9, 50)]
+  summary = study_lib.summarize(runs)
+  assert summary["searched"]["accuracy_mean"] == pytest.approx(0.6)
+  assert summary["searched"]["accuracy_std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+  assert summary["searched"]["params_mean"] == 200
+  assert summary["random"]["accuracy_std"] == 0.0 and summary["random"]["runs"] == 1
+  table = study_lib.format_table(runs, summary)
+  assert "0.6000 +- 0.1414" in table and "released" in table and "3/4" in table
+
+
+TINY_STUDY_FLAGS = (
+    "--mode=study", "--dataset=digits", "--cells=3", "--channels=4",
+    f"--primitives={','.join(PRIMITIVES)}", "--batch_size=32",
+    "--max_train_examples=256", "--max_eval_examples=64", "--warmup_fraction=0.25",
+    "--search_epochs=1", "--lambda_child=0.1", "--learning_rate=0.05",
+    "--crop_padding=1", "--cutout=0", "--prune_threshold=1.0", "--study_seeds=1",
+    "--random_per_seed=1", "--retrain_cells=3", "--retrain_channels=4",
+    "--retrain_epochs=1", "--retrain_batch_size=32", "--noprogress",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp("study") / "run"
+  result = run_main(*TINY_STUDY_FLAGS, f"--model_dir={model_dir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return model_dir, result
+
+
+def test_tiny_study_end_to_end(tiny_study):
+  model_dir, result = tiny_study
+  study = json.loads((model_dir / "study.json").read_text())
+  runs = {r["name"]: r for r in study["runs"]}
+  assert set(runs) == {"searched_seed0", "random_seed0_0", "released_bayesnas_l0.01"}
+  searched, random_run = runs["searched_seed0"], runs["random_seed0_0"]
+  # The random genotype has the found genotype's op counts, not its ops.
+  assert random_run["kept_ops"] == searched["kept_ops"]
+  assert random_run["genotype"]["normal"] != searched["genotype"]["normal"]
+  found = json.loads((model_dir / "runs" / "search_seed0" / "genotype.json").read_text())
+  assert searched["genotype"]["normal"] == found["normal"]
+  for run in runs.values():
+    assert 0.0 <= run["test_accuracy"] <= 1.0 and run["params"] > 0
+    retrain = json.loads((model_dir / "runs" / run["name"] / "config.json").read_text())
+    # One identical schedule for every genotype.
+    assert (retrain["train"]["cells"], retrain["train"]["channels"],
+            retrain["train"]["epochs"], retrain["data"]["batch_size"],
+            retrain["runtime"]["seed"]) == (3, 4, 1, 32, 0)
+  assert set(study["summary"]) == {"searched", "random", "released"}
+  assert "group" in result.stdout and "searched" in result.stdout
+
+
+def test_study_resumes_without_redoing_finished_runs(tiny_study):
+  model_dir, _ = tiny_study
+  path = model_dir / "study.json"
+  study = json.loads(path.read_text())
+  kept = tree_digest(model_dir / "runs" / "searched_seed0")
+  # Forget the reference run, as if the study had stopped during it.
+  study["runs"] = [r for r in study["runs"] if r["group"] != "released"]
+  path.write_text(json.dumps(study))
+  result = run_main(*TINY_STUDY_FLAGS, f"--model_dir={model_dir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  again = json.loads(path.read_text())
+  assert {r["name"] for r in again["runs"]} == {
+      "searched_seed0", "random_seed0_0", "released_bayesnas_l0.01"}
+  assert tree_digest(model_dir / "runs" / "searched_seed0") == kept
+  assert "study: retraining searched_seed0" not in result.stderr
+  # A study with other settings in the same folder is refused, untouched.
+  before = path.read_text()
+  changed = [f for f in TINY_STUDY_FLAGS if not f.startswith("--retrain_epochs")]
+  refused = run_main(*changed, "--retrain_epochs=2", f"--model_dir={model_dir}")
+  assert refused.returncode != 0
+  assert refused.stderr.strip().splitlines()[-1].startswith("error:")
+  assert path.read_text() == before
