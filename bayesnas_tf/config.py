@@ -437,7 +437,11 @@ class ExperimentConfig:
 
   def validate(self) -> "ExperimentConfig":
     _choice("mode", self.mode, MODES)
-    for section in SECTIONS:
+    # Only the sections this mode reads: a flag sets its field in every
+    # section that has one (e.g. --hessian in search and compress), and a
+    # value valid for the running mode may be invalid for another one
+    # (--mode=search --hessian=exact, which compress does not offer).
+    for section in MODE_SECTIONS[self.mode]:
       getattr(self, section).validate()
     return self
 
@@ -493,7 +497,8 @@ class ExperimentConfig:
     return result
 
 
-SECTIONS = {
+# The sections each mode reads (and validates).
+MODE_SECTIONS = {
     "data": DataConfig, "supernet": SupernetConfig, "search": SearchConfig,
     "train": TrainConfig, "compress": CompressConfig, "export": ExportConfig,
     "runtime": RuntimeConfig, "study": StudyConfig,

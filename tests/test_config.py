@@ -63,3 +63,14 @@ def test_fingerprint_ignores_evaluation_only_fields():
   c = dataclasses.replace(a, data=dataclasses.replace(a.data, batch_size=7))
   assert a.fingerprint() == b.fingerprint()
   assert a.fingerprint() != c.fingerprint()
+
+
+def test_only_the_running_mode_sections_are_validated():
+  # A flag sets its field in every section that has one; --hessian=exact is
+  # valid for the search but not for compression, which has no HVP oracle.
+  both = dict(search=config_lib.SearchConfig(hessian="exact"),
+              compress=config_lib.CompressConfig(hessian="exact"))
+  config = config_lib.ExperimentConfig(mode="search", **both).validate()
+  assert config.search.hessian == "exact"
+  with pytest.raises(ConfigError, match="--hessian must be one of"):
+    config_lib.ExperimentConfig(mode="compress", **both).validate()
