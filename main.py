@@ -53,11 +53,18 @@ flags.DEFINE_integer("max_eval_examples", None,
                      "Evaluate on a fixed random N test examples (0 = all).")
 
 # --- supernet -------------------------------------------------------------
-flags.DEFINE_string("search_space", None, "Cell DAG: bayesnas or darts.")
+flags.DEFINE_string("search_space", None,
+                    "Cell DAG (bayesnas, darts) or, for the proxyless search of "
+                    "Sec. 6.2, a tree space in a PyramidNet (treecell_a, "
+                    "proxyless).")
 flags.DEFINE_integer("cells", None, "Number of cells.")
 flags.DEFINE_integer("channels", None, "Channels C of the first cells.")
 flags.DEFINE_list("primitives", None, "Candidate ops (default: all 7).")
 flags.DEFINE_integer("stem_multiplier", None, "Stem channels = multiplier * C.")
+flags.DEFINE_integer("depth_blocks", None,
+                     "Tree spaces: PyramidNet blocks per stage B (3B blocks).")
+flags.DEFINE_float("alpha", None, "Tree spaces: PyramidNet widening alpha.")
+flags.DEFINE_integer("start_planes", None, "Tree spaces: PyramidNet stem width.")
 
 # --- search ---------------------------------------------------------------
 flags.DEFINE_float("lambda_child", None, "lambda_w^o of the op gates (eq. 21).")
@@ -90,8 +97,10 @@ flags.DEFINE_float("grad_clip", None, "Global-norm clip of weight gradients (0 =
 # --- retrain / transfer ----------------------------------------------------
 flags.DEFINE_string("genotype", None,
                     "Built-in genotype (bayesnas_l0.01, bayesnas_l0.007, "
-                    "bayesnas_l0.005, bayesnas_imagenet), a genotype.json, or a "
-                    "search's --model_dir.")
+                    "bayesnas_l0.005, bayesnas_imagenet; PyramidNets "
+                    "treecell_a_b18_a84, treecell_a_b18_a150, "
+                    "proxyless_g_cifar), a genotype.json, or a search's "
+                    "--model_dir.")
 flags.DEFINE_integer("epochs", None, "Training epochs.")
 flags.DEFINE_enum("lr_schedule", None, list(config_lib.LR_SCHEDULES),
                   "Per-epoch learning-rate schedule.")

@@ -82,16 +82,28 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SupernetConfig:
-  """The search supernet (ALGORITHM.md 1.4)."""
+  """The search supernet (ALGORITHM.md 1.4).
+
+  For the tree spaces (`treecell_a`, `proxyless`: the proxyless search,
+  PROXYLESS.md) the supernet is a bottleneck PyramidNet of 3 x depth_blocks
+  blocks widened by alpha from start_planes; cells/channels/primitives/
+  stem_multiplier then play no part.
+  """
   search_space: str = "bayesnas"
   cells: int = 8
   channels: int = 36
   primitives: Tuple[str, ...] = PRIMITIVES
   stem_multiplier: int = 3
+  depth_blocks: int = 18
+  alpha: float = 84.0
+  start_planes: int = 16
 
   def validate(self) -> None:
-    from bayesnas_tf.search_space import get_search_space  # pylint: disable=g-import-not-at-top
-    get_search_space(self.search_space)
+    from bayesnas_tf import tree_space  # pylint: disable=g-import-not-at-top
+    tree_space.check_search_space_name(self.search_space)
+    if tree_space.is_tree_space(self.search_space):
+      _positive("alpha", self.alpha, allow_zero=True)
+      tree_space.pyramid_widths(self.depth_blocks, self.alpha, self.start_planes)
     if self.cells < 3:
       raise ConfigError(
           f"--cells must be at least 3 (one normal and two reduction cells); "
@@ -443,6 +455,9 @@ class ExperimentConfig:
     # (--mode=search --hessian=exact, which compress does not offer).
     for section in MODE_SECTIONS[self.mode]:
       getattr(self, section).validate()
+    if self.mode == "search":
+      from bayesnas_tf import tree_space  # pylint: disable=g-import-not-at-top
+      tree_space.check_tree_hessian(self.supernet.search_space, self.search.hessian)
     return self
 
   def to_dict(self) -> Dict[str, Any]:

@@ -27,6 +27,7 @@ import os
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bayesnas_tf import ops
+from bayesnas_tf import tree_genotype
 from bayesnas_tf.errors import GenotypeError
 from bayesnas_tf.io_utils import atomic_write_text
 
@@ -222,7 +223,13 @@ class Genotype:
 
   @classmethod
   def from_dict(cls, d: Any) -> "Genotype":
-    """Parses and validates the JSON object written by `to_dict`."""
+    """Parses and validates the JSON object written by `to_dict`.
+
+    A JSON object with "kind": "pyramid_tree" is a proxyless-search network
+    and is returned as a `tree_genotype.TreeGenotype`.
+    """
+    if isinstance(d, Mapping) and d.get("kind") == tree_genotype.KIND:
+      return tree_genotype.TreeGenotype.from_dict(d)
     if not isinstance(d, Mapping):
       raise GenotypeError(
           f"a genotype must be a JSON object with fields "
@@ -371,9 +378,17 @@ KNOWN_GENOTYPES: Dict[str, Genotype] = {
 
 
 def resolve_genotype(name_or_path: str | os.PathLike) -> Genotype:
-  """A built-in name, a genotype.json path, or a directory holding one."""
+  """A built-in name, a genotype.json path, or a directory holding one.
+
+  Besides the released cells, the built-ins include the proxyless-search
+  networks (`tree_genotype.BUILTIN_TREE_GENOTYPES`: TreeCell-A PyramidNets
+  and the released Proxyless-G CIFAR net), returned as `TreeGenotype`s.
+  """
   if isinstance(name_or_path, str) and name_or_path in KNOWN_GENOTYPES:
     return KNOWN_GENOTYPES[name_or_path]
+  if isinstance(name_or_path, str) and (
+      name_or_path in tree_genotype.BUILTIN_TREE_GENOTYPES):
+    return tree_genotype.BUILTIN_TREE_GENOTYPES[name_or_path]
   path = os.fspath(name_or_path)
   if os.path.isdir(path):
     path = os.path.join(path, GENOTYPE_FILENAME)

@@ -29,7 +29,7 @@ from bayesnas_tf.errors import CheckpointMismatchError, ConfigError
 from bayesnas_tf.genotype import KNOWN_GENOTYPES, Genotype, resolve_genotype
 from bayesnas_tf.io_utils import atomic_write_text
 from bayesnas_tf.models.child_net import ChildNetwork
-from bayesnas_tf.models.supernet import SuperNet
+from bayesnas_tf.tree_genotype import BUILTIN_TREE_GENOTYPES, TreeGenotype
 
 DATASET_FILE = "dataset.json"
 GENOTYPE_FILE = "genotype.json"
@@ -58,14 +58,10 @@ def count_params(variables) -> int:
 # --- search ------------------------------------------------------------------
 def search_summary(config: ExperimentConfig) -> Dict[str, int]:
   """Builds the supernet without data and counts its parameters."""
+  from bayesnas_tf.search.backends import search_backend  # pylint: disable=g-import-not-at-top
   image_shape, num_classes = data_lib.dataset_metadata(config.data.dataset)
-  net_cfg = config.supernet
-  net = SuperNet(num_classes, net_cfg.cells, net_cfg.channels,
-                 net_cfg.search_space, net_cfg.primitives,
-                 net_cfg.stem_multiplier)
-  net.build((None,) + tuple(image_shape))
-  return {"trainable_params": count_params(net.trainable_variables),
-          "gates": net.num_gates}
+  backend = search_backend(config)
+  return backend.summary(backend.build_network(num_classes, image_shape))
 
 
 def run_search(config: ExperimentConfig, flags_text: str = ""):
@@ -83,11 +79,31 @@ def run_search(config: ExperimentConfig, flags_text: str = ""):
 # --- retrain / transfer --------------------------------------------------------
 def build_child_network(config: ExperimentConfig, genotype: Genotype,
                         num_classes: int, image_shape) -> ChildNetwork:
+  if isinstance(genotype, TreeGenotype):
+    return _build_pyramid_tree_network(config, genotype, num_classes, image_shape)
   train = config.train
   model = ChildNetwork(genotype, num_classes=num_classes, cells=train.cells,
                        channels=train.channels, variant=train.variant,
                        drop_path=train.drop_path, auxiliary=train.auxiliary,
                        name="child_network")
+  model.build((None,) + tuple(image_shape))
+  return model
+
+
+def _build_pyramid_tree_network(config: ExperimentConfig, genotype: TreeGenotype,
+                                num_classes: int, image_shape):
+  """The derived PyramidNet of a proxyless search (PROXYLESS.md 2, 3.3).
+
+  The genotype fixes the whole network (backbone and every block's cell), so
+  --cells/--channels/--drop_path/--auxiliary play no part; --drop_prob is
+  the tree cells' path drop.
+  """
+  from bayesnas_tf.models.pyramid_tree import PyramidTreeNet  # pylint: disable=g-import-not-at-top
+  if config.train.variant != "cifar":
+    raise ConfigError(
+        f"a pyramid_tree genotype builds the CIFAR PyramidNet; it has no "
+        f"--variant={config.train.variant} network (use --mode=retrain)")
+  model = PyramidTreeNet(genotype, num_classes=num_classes, name="child_network")
   model.build((None,) + tuple(image_shape))
   return model
 
@@ -161,7 +177,8 @@ def warm_start_cells(model: ChildNetwork, source_dir: str) -> int:
 def default_model_name(config: ExperimentConfig) -> str:
   if config.export.model_name:
     return config.export.model_name
-  if config.train.genotype in KNOWN_GENOTYPES:
+  if config.train.genotype in KNOWN_GENOTYPES or (
+      config.train.genotype in BUILTIN_TREE_GENOTYPES):
     return config.train.genotype
   return "bayesnas"
 

@@ -103,7 +103,9 @@ def exact_diagonal(net, images, labels) -> List[tf.Tensor]:
       logits = _float_logits(net(images, training=False))
       loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
           labels=tf.cast(labels, tf.int32), logits=logits))
-    grads = inner.gradient(loss, variables)
+    # Gates of pruned (uncomputed) ops are unconnected: their rows are 0.
+    grads = inner.gradient(loss, variables,
+                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
     flat = tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
   rows = outer.jacobian(flat, variables, experimental_use_pfor=False,
                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -115,13 +117,15 @@ def exact_diagonal(net, images, labels) -> List[tf.Tensor]:
     block = tf.reshape(row[offset:offset + size], [size, size])
     diagonal.append(tf.linalg.diag_part(block))
     offset += size
-  # Regroup [w (O,), w_all ()] per edge into (E, O + 1) per cell.
+  # Regroup each edge's gate variables ([w (O,), w_all ()], or a tree edge's
+  # single [w (1,)]) into (E, G) per cell.
   result, index = [], 0
   for cell in net.cells:
     edges = []
-    for _ in cell.edges:
-      edges.append(tf.concat([diagonal[index], diagonal[index + 1]], axis=0))
-      index += 2
+    for edge in cell.edges:
+      count = len(edge.gate_variables)
+      edges.append(tf.concat(diagonal[index:index + count], axis=0))
+      index += count
     result.append(tf.stack(edges))
   return result
 

@@ -33,7 +33,6 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import data as data_lib
-from bayesnas_tf import visualize
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
@@ -41,11 +40,9 @@ from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.genotype import Genotype
 from bayesnas_tf.io_utils import atomic_write_text
-from bayesnas_tf.models.supernet import SuperNet
 from bayesnas_tf.search import hessian as hessian_lib
 from bayesnas_tf.search import prior as prior_lib
-from bayesnas_tf.search.derive import derive_genotype
-from bayesnas_tf.search_space import get_search_space
+from bayesnas_tf.search.backends import search_backend
 
 PHASES = ("warmup", "search", "update")
 WARMUP, SEARCH, UPDATE = range(3)
@@ -82,7 +79,10 @@ class BayesNASSearch:
     self.config = config
     self.strategy = strategy
     self.model_dir = config.runtime.model_dir
-    self.space = get_search_space(config.supernet.search_space)
+    # The network, its gate layout and its genotype kind (DAG cells or the
+    # proxyless tree cells) come from the backend of --search_space.
+    self.backend = search_backend(config)
+    self.space = self.backend.space
     search, data = config.search, config.data
     seed = config.runtime.seed
 
@@ -120,22 +120,17 @@ class BayesNASSearch:
         UPDATE: data_lib.AugmentConfig(0, False, 0),
     }
     self.mean, self.std = dataset.mean, dataset.std
-    self.lambdas = prior_lib.gate_lambdas(
-        len(config.supernet.primitives), search.lambda_child,
-        search.effective_lambda_origin)
+    self.lambdas = self.backend.gate_lambdas()
     self._build()
 
   # --- construction -------------------------------------------------------
   def _build(self) -> None:
     cfg = self.config
-    net_cfg, search = cfg.supernet, cfg.search
+    search = cfg.search
     keras.utils.set_random_seed(cfg.runtime.seed)
     with self.strategy.scope():
-      self.net = SuperNet(
-          self.dataset.num_classes, net_cfg.cells, net_cfg.channels,
-          net_cfg.search_space, net_cfg.primitives, net_cfg.stem_multiplier,
-          name="supernet")
-      self.net.build((None,) + tuple(self.dataset.image_shape))
+      self.net = self.backend.build_network(self.dataset.num_classes,
+                                            self.dataset.image_shape)
       clip = search.grad_clip or None
       self.weight_optimizer = keras.optimizers.SGD(
           search.learning_rate, momentum=search.momentum, global_clipnorm=clip,
@@ -150,7 +145,7 @@ class BayesNASSearch:
       self.prior = prior_lib.HardPrior(
           {t: len(self.net.cells_of_type(t)) for t in types},
           {t: len(self.space.cell(t).edges) for t in types},
-          len(net_cfg.primitives) + 1, search.init, cfg.runtime.seed)
+          len(self.lambdas), search.init, cfg.runtime.seed)
       self.state = SearchState()
     self.predecessors = {t: prior_lib.predecessor_matrix(self.space.cell(t))
                          for t in self.net.present_cell_types}
@@ -395,7 +390,7 @@ class BayesNASSearch:
         tf.summary.histogram(f"prior/{t}/omega", result.omega)
         tf.summary.scalar(f"prior/{t}/pruned_fraction",
                           1.0 - float(np.mean(masks[t])))
-    kept = {t: int(m[:, :-1].sum()) for t, m in masks.items()}
+    kept = self.backend.kept_ops(masks)
     logging.info("iteration %d update (hessian=%s over %d batch(es)): kept ops %s",
                  iteration + 1, search.hessian, batches, kept)
     self._write_outputs()
@@ -419,8 +414,7 @@ class BayesNASSearch:
   # --- outputs --------------------------------------------------------------
   def posterior_dict(self) -> dict:
     cfg = self.config
-    primitives = list(cfg.supernet.primitives)
-    gate_names = primitives + ["all"]
+    gate_names = list(self.backend.gate_names)
     # The gates that entered the last update (they restart at 1 afterwards
     # when another iteration follows).
     gates = {t: v.numpy() for t, v in self.prior.gates.items()}
@@ -483,10 +477,9 @@ class BayesNASSearch:
         "iterations": int(self.prior.updates.numpy()),
         "prune_threshold": cfg.search.prune_threshold,
         "dataset": cfg.data.dataset, "search_space": cfg.supernet.search_space,
-        "cells": cfg.supernet.cells, "channels": cfg.supernet.channels,
+        **self.backend.metadata(),
     }
-    return derive_genotype(self.space, cfg.supernet.primitives,
-                           self.prior.kept_masks(), "conv", metadata)
+    return self.backend.derive(self.prior.kept_masks(), metadata)
 
   def _write_outputs(self) -> Genotype:
     posterior_path = os.path.join(self.model_dir, "posterior.json")
@@ -494,7 +487,7 @@ class BayesNASSearch:
                       json.dumps(self.posterior_dict(), indent=2, sort_keys=True))
     genotype = self.genotype()
     genotype.save(os.path.join(self.model_dir, "genotype.json"))
-    visualize.write_cell_pictures(genotype, os.path.join(self.model_dir, "cells"))
+    self.backend.write_pictures(genotype, os.path.join(self.model_dir, "cells"))
     return genotype
 
   # --- driver ---------------------------------------------------------------
