@@ -514,6 +514,15 @@ class ExperimentConfig:
 
 # The sections each mode reads (and validates).
 MODE_SECTIONS = {
+    "search": ("data", "supernet", "search", "runtime"),
+    "retrain": ("data", "train", "export", "runtime"),
+    "transfer": ("data", "train", "export", "runtime"),
+    "compress": ("data", "compress", "export", "runtime"),
+    "export": ("export", "runtime"),
+    "study": ("data", "supernet", "search", "train", "study", "runtime"),
+}
+
+SECTIONS = {
     "data": DataConfig, "supernet": SupernetConfig, "search": SearchConfig,
     "train": TrainConfig, "compress": CompressConfig, "export": ExportConfig,
     "runtime": RuntimeConfig, "study": StudyConfig,
