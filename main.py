@@ -32,6 +32,14 @@ flags.DEFINE_integer("logical_cpu_devices", None,
 flags.DEFINE_integer("seed", None, "Random seed (weights, data order, prior init).")
 flags.DEFINE_bool("deterministic", None, "Enable TF op determinism.")
 flags.DEFINE_bool("jit_compile", None, "XLA-compile the step functions.")
+flags.DEFINE_enum("dtype_policy", None, list(config_lib.DTYPE_POLICIES),
+                  "Keras dtype policy: float32, mixed_bfloat16 (CPUs, TPUs, "
+                  "recent GPUs) or mixed_float16 (GPUs; loss scaled). "
+                  "Variables, the Hessian and the prior stay float32.")
+flags.DEFINE_bool("recompute_cells", None,
+                  "Search: recompute each cell's activations in the backward "
+                  "pass instead of keeping them (less memory, same numbers, "
+                  "about one more forward pass per step).")
 flags.DEFINE_integer("checkpoint_every", None, "Steps between checkpoints.")
 flags.DEFINE_integer("keep_checkpoints", None, "Checkpoints to keep.")
 flags.DEFINE_bool("progress", None, "Show progress bars.")

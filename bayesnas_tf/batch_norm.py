@@ -17,10 +17,29 @@ compute what one device computes.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 
 PACKAGE = "bayesnas_tf"
+
+# Set while a recomputed forward pass is traced (recompute.py): the batch
+# statistics are computed again (the output must equal the first pass's) but
+# the moving averages, already updated by the first pass, are left alone.
+_FROZEN = threading.local()
+
+
+@contextlib.contextmanager
+def frozen_moving_statistics():
+  """Training-mode BN inside the block does not update moving averages."""
+  previous = getattr(_FROZEN, "active", False)
+  _FROZEN.active = True
+  try:
+    yield
+  finally:
+    _FROZEN.active = previous
 
 
 def _replicas_in_sync() -> int:
@@ -96,7 +115,7 @@ class BatchNorm(keras.layers.Layer):
           mean=tf.cast(self.moving_mean.value, tf.float32),
           variance=tf.cast(self.moving_variance.value, tf.float32),
           epsilon=self.epsilon, is_training=False)
-    if training:
+    if training and not getattr(_FROZEN, "active", False):
       decay = 1.0 - self.momentum
       for moving, batch in ((self.moving_mean, mean),
                             (self.moving_variance, variance)):

@@ -18,6 +18,8 @@ MODES = ("search", "retrain", "transfer", "compress", "export", "study")
 STRATEGIES = ("default", "one_device", "mirrored")
 # The gate Hessian estimators (search/hessian.py reads this list).
 HESSIAN_METHODS = ("ggn", "ggn_mc", "exact", "diag_backprop")
+# Keras dtype policies (precision.py).
+DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 DEPENDENCIES = ("paper", "official")
 INITS = ("paper", "official")
 CONFIG_SCHEMA_VERSION = 1
@@ -198,6 +200,13 @@ class RuntimeConfig:
     seed: seeds weights, data order, augmentation and the prior init.
     deterministic: TF op determinism (`enable_op_determinism`).
     jit_compile: XLA-compile the step functions.
+    dtype_policy: Keras dtype policy of the networks: "float32",
+      "mixed_bfloat16" or "mixed_float16" (GPU only; loss scaled).
+      Variables, the Hessian, the prior and the penalty stay float32/64
+      (precision.py).
+    recompute_cells: recompute each supernet cell's activations in the
+      backward pass of a training step instead of keeping them (less
+      memory, same numbers; recompute.py).
     checkpoint_every: steps between checkpoints (phase ends always save).
     keep_checkpoints: how many checkpoints to keep.
     progress: show progress bars.
@@ -208,6 +217,8 @@ class RuntimeConfig:
   seed: int = 0
   deterministic: bool = False
   jit_compile: bool = False
+  dtype_policy: str = "float32"
+  recompute_cells: bool = False
   checkpoint_every: int = 100
   keep_checkpoints: int = 2
   progress: bool = True
@@ -216,6 +227,7 @@ class RuntimeConfig:
     if not self.model_dir:
       raise ConfigError("--model_dir must not be empty")
     _choice("strategy", self.strategy, STRATEGIES)
+    _choice("dtype_policy", self.dtype_policy, DTYPE_POLICIES)
     _positive("logical_cpu_devices", self.logical_cpu_devices, allow_zero=True)
     _positive("seed", self.seed, allow_zero=True)
     _positive("checkpoint_every", self.checkpoint_every)

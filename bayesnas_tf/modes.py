@@ -20,6 +20,7 @@ import tensorflow as tf
 from bayesnas_tf import data as data_lib
 from bayesnas_tf import distribute
 from bayesnas_tf import export as export_lib
+from bayesnas_tf import precision
 from bayesnas_tf import run_dir
 from bayesnas_tf import streaming_data
 from bayesnas_tf.checkpointing import restore_latest
@@ -38,6 +39,7 @@ GENOTYPE_FILE = "genotype.json"
 def prepare_runtime(config: ExperimentConfig) -> tf.distribute.Strategy:
   """Devices, seeds, determinism and the distribution strategy."""
   runtime = config.runtime
+  precision.check_supported(runtime.dtype_policy)
   distribute.configure_logical_cpus(runtime.logical_cpu_devices)
   keras.utils.set_random_seed(runtime.seed)
   if runtime.deterministic:
@@ -79,6 +81,13 @@ def run_search(config: ExperimentConfig, flags_text: str = ""):
 # --- retrain / transfer --------------------------------------------------------
 def build_child_network(config: ExperimentConfig, genotype: Genotype,
                         num_classes: int, image_shape) -> ChildNetwork:
+  # Every layer computes in --dtype_policy; the variables stay float32.
+  with precision.policy_scope(config.runtime.dtype_policy):
+    return _build_child_network(config, genotype, num_classes, image_shape)
+
+
+def _build_child_network(config: ExperimentConfig, genotype: Genotype,
+                         num_classes: int, image_shape) -> ChildNetwork:
   if isinstance(genotype, TreeGenotype):
     return _build_pyramid_tree_network(config, genotype, num_classes, image_shape)
   train = config.train

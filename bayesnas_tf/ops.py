@@ -41,19 +41,23 @@ def depthwise_initializer() -> keras.initializers.Initializer:
       scale=1.0 / 3.0, mode="fan_out", distribution="uniform")
 
 
-def batch_norm(name: str) -> BatchNorm:
+def batch_norm(name: str, dtype=None) -> BatchNorm:
   """BN with PyTorch's defaults (momentum 0.1 -> Keras 0.9, eps 1e-5).
 
   Training-mode statistics are those of the global batch under a
   multi-replica `tf.distribute` strategy (see `batch_norm.BatchNorm`).
+  `dtype` (here and below) is the Keras dtype policy: composite layers pass
+  their own, since Keras 3 does not hand a layer's policy to the sublayers
+  it creates.
   """
-  return BatchNorm(momentum=0.9, epsilon=1e-5, name=name)
+  return BatchNorm(momentum=0.9, epsilon=1e-5, name=name, dtype=dtype)
 
 
-def conv1x1(filters: int, stride: int, name: str) -> keras.layers.Conv2D:
+def conv1x1(filters: int, stride: int, name: str,
+            dtype=None) -> keras.layers.Conv2D:
   return keras.layers.Conv2D(
       filters, 1, strides=stride, padding="valid", use_bias=False,
-      kernel_initializer=conv_initializer(), name=name)
+      kernel_initializer=conv_initializer(), name=name, dtype=dtype)
 
 
 def build_sequence(layers: Sequence[keras.layers.Layer], input_shape):
@@ -75,6 +79,35 @@ def _check_positive(name: str, value: int) -> None:
 def _check_stride(stride: int) -> None:
   if stride not in (1, 2):
     raise ValueError(f"`stride` must be 1 or 2. Received: stride={stride!r}.")
+
+
+def _symmetric_pad(pad_layer: keras.layers.ZeroPadding2D):
+  """The pad of a ZeroPadding2D that pads every side equally, else None."""
+  (top, bottom), (left, right) = pad_layer.padding
+  return top if top == bottom == left == right else None
+
+
+def padded_depthwise(pad_layer: keras.layers.ZeroPadding2D,
+                     depthwise: keras.layers.DepthwiseConv2D, x):
+  """depthwise(pad_layer(x)) without materialising the padded copy.
+
+  At stride 1 a symmetric zero pad of d(k-1)/2 followed by a VALID conv is
+  exactly TF's "SAME" conv (which pads (k-1)/2 zeros on both sides for odd
+  effective kernels), and the fused kernel skips the pad's copy forward and
+  its slice backward. Other cases (stride 2, where "SAME" pads (0, 1)) run
+  the two layers as they are.
+  """
+  kernel = depthwise.kernel_size[0]
+  rate = depthwise.dilation_rate[0]
+  if (tuple(depthwise.strides) == (1, 1) and depthwise.padding == "valid"
+      and not depthwise.use_bias and depthwise.data_format == "channels_last"
+      and depthwise.kernel_size[1] == kernel and kernel % 2 == 1
+      and tuple(depthwise.dilation_rate) == (rate, rate)
+      and getattr(depthwise.activation, "__name__", "") == "linear"
+      and _symmetric_pad(pad_layer) == rate * (kernel - 1) // 2):
+    return tf.nn.depthwise_conv2d(x, depthwise.kernel, [1, 1, 1, 1], "SAME",
+                                  dilations=depthwise.dilation_rate)
+  return depthwise(pad_layer(x))
 
 
 def strided_size(size, stride: int):
@@ -145,17 +178,28 @@ class SepConv(_SequenceOp):
           f"`kernel_size` must be 3 or 5. Received: kernel_size={kernel_size!r}.")
     self.kernel_size = kernel_size
     pad = kernel_size // 2
+    policy = self.dtype_policy
     for block, block_stride in ((1, stride), (2, 1)):
       self._chain += [
-          batch_norm(f"bn{block}"),
-          keras.layers.ReLU(name=f"relu{block}"),
-          keras.layers.ZeroPadding2D(pad, name=f"pad{block}"),
+          batch_norm(f"bn{block}", policy),
+          keras.layers.ReLU(name=f"relu{block}", dtype=policy),
+          keras.layers.ZeroPadding2D(pad, name=f"pad{block}", dtype=policy),
           keras.layers.DepthwiseConv2D(
               kernel_size, strides=block_stride, padding="valid",
               use_bias=False, depthwise_initializer=depthwise_initializer(),
-              name=f"depthwise{block}"),
-          conv1x1(channels, 1, f"pointwise{block}"),
+              name=f"depthwise{block}", dtype=policy),
+          conv1x1(channels, 1, f"pointwise{block}", policy),
       ]
+
+  def call(self, inputs, training=None):
+    # The chain of `_SequenceOp.call`, with each pad fused into the
+    # depthwise conv after it (`padded_depthwise`, same numbers).
+    x = inputs
+    for bn, relu, pad, depthwise, pointwise in (self._chain[:5],
+                                                 self._chain[5:]):
+      x = relu(bn(x, training=training))
+      x = pointwise(padded_depthwise(pad, depthwise, x))
+    return x
 
   def get_config(self):
     config = super().get_config()
@@ -171,6 +215,13 @@ class DilConv(keras.layers.Layer):
   TF cannot combine a stride > 1 with a dilation > 1, so a stride-2 op runs
   the stride-1 conv and keeps every second row and column, which is exactly
   the PyTorch stride-2 output (output_s2[i] = output_s1[2i]).
+
+  `call` computes the same numbers with fewer operations: at stride 1 the
+  symmetric pad + VALID conv is TF's "SAME" conv (no padded copy); at a
+  stride equal to the dilation s, output_s[i] = sum_j w_j x_pad[s(i + j)],
+  i.e. an undilated "SAME" conv of the subsampled input x[::s, ::s] (the pad
+  d(k-1)/2 is a multiple of s), which skips the s^2 - 1 of every s^2
+  outputs that the stride-1 conv computes only to drop them.
   """
 
   def __init__(self, channels: int, kernel_size: int = 3, stride: int = 1,
@@ -186,14 +237,16 @@ class DilConv(keras.layers.Layer):
     self.kernel_size = kernel_size
     self.stride = stride
     self.dilation = dilation
-    self.bn = batch_norm("bn")
-    self.relu = keras.layers.ReLU(name="relu")
+    policy = self.dtype_policy
+    self.bn = batch_norm("bn", policy)
+    self.relu = keras.layers.ReLU(name="relu", dtype=policy)
     self.pad = keras.layers.ZeroPadding2D(
-        dilation * (kernel_size - 1) // 2, name="pad")
+        dilation * (kernel_size - 1) // 2, name="pad", dtype=policy)
     self.conv = keras.layers.Conv2D(
         channels, kernel_size, dilation_rate=dilation, padding="valid",
-        use_bias=False, kernel_initializer=conv_initializer(), name="dilated")
-    self.pointwise = conv1x1(channels, 1, "pointwise")
+        use_bias=False, kernel_initializer=conv_initializer(), name="dilated",
+        dtype=policy)
+    self.pointwise = conv1x1(channels, 1, "pointwise", policy)
 
   def build(self, input_shape):
     if input_shape[-1] is not None and input_shape[-1] != self.channels:
@@ -206,10 +259,21 @@ class DilConv(keras.layers.Layer):
 
   def call(self, inputs, training=None):
     x = self.relu(self.bn(inputs, training=training))
-    x = self.conv(self.pad(x))
-    if self.stride > 1:
-      x = x[:, ::self.stride, ::self.stride, :]
+    if self.stride == 1 and self._same_is_exact():
+      x = tf.nn.convolution(x, self.conv.kernel, padding="SAME",
+                            dilations=self.dilation)
+    elif self.stride == self.dilation and self._same_is_exact():
+      x = tf.nn.convolution(x[:, ::self.stride, ::self.stride, :],
+                            self.conv.kernel, padding="SAME")
+    else:
+      x = self.conv(self.pad(x))
+      if self.stride > 1:
+        x = x[:, ::self.stride, ::self.stride, :]
     return self.pointwise(x)
+
+  def _same_is_exact(self) -> bool:
+    return (self.kernel_size % 2 == 1 and not self.conv.use_bias
+            and _symmetric_pad(self.pad) == self.dilation * (self.kernel_size - 1) // 2)
 
   def compute_output_shape(self, input_shape):
     batch, height, width, _ = input_shape
@@ -241,8 +305,9 @@ class Pool3x3(_SequenceOp):
     pool_cls = (keras.layers.MaxPooling2D if pool_type == "max"
                 else keras.layers.AveragePooling2D)
     self._chain += [
-        keras.layers.ZeroPadding2D(1, name="pad"),
-        pool_cls(3, strides=stride, padding="valid", name=f"{pool_type}_pool"),
+        keras.layers.ZeroPadding2D(1, name="pad", dtype=self.dtype_policy),
+        pool_cls(3, strides=stride, padding="valid", name=f"{pool_type}_pool",
+                 dtype=self.dtype_policy),
     ]
 
   def get_config(self):
@@ -274,7 +339,8 @@ class ReduceConv(_SequenceOp):
       raise ValueError(
           f"ReduceConv needs stride 2; use Identity. Received: stride={stride!r}.")
     super().__init__(channels, stride, **kwargs)
-    self._chain += [batch_norm("bn"), conv1x1(channels, 2, "conv")]
+    self._chain += [batch_norm("bn", self.dtype_policy),
+                    conv1x1(channels, 2, "conv", self.dtype_policy)]
 
 
 OpFactory = Callable[..., keras.layers.Layer]
@@ -282,21 +348,21 @@ OpFactory = Callable[..., keras.layers.Layer]
 # The primitive registry (ALGORITHM.md 1.1). Names follow the genotype notation
 # of ALGORITHM.md 6. Factories are keyword-only: channels, stride, name.
 OPS: Dict[str, OpFactory] = {
-    "sep3": lambda *, channels, stride, name: SepConv(
-        channels, 3, stride, name=name),
-    "sep5": lambda *, channels, stride, name: SepConv(
-        channels, 5, stride, name=name),
-    "dil3": lambda *, channels, stride, name: DilConv(
-        channels, 3, stride, name=name),
-    "dil5": lambda *, channels, stride, name: DilConv(
-        channels, 5, stride, name=name),
-    "max": lambda *, channels, stride, name: Pool3x3(
-        channels, "max", stride, name=name),
-    "avg": lambda *, channels, stride, name: Pool3x3(
-        channels, "avg", stride, name=name),
-    "id": lambda *, channels, stride, name: (
-        Identity(channels, 1, name=name) if stride == 1
-        else ReduceConv(channels, stride, name=name)),
+    "sep3": lambda *, channels, stride, name, **kw: SepConv(
+        channels, 3, stride, name=name, **kw),
+    "sep5": lambda *, channels, stride, name, **kw: SepConv(
+        channels, 5, stride, name=name, **kw),
+    "dil3": lambda *, channels, stride, name, **kw: DilConv(
+        channels, 3, stride, name=name, **kw),
+    "dil5": lambda *, channels, stride, name, **kw: DilConv(
+        channels, 5, stride, name=name, **kw),
+    "max": lambda *, channels, stride, name, **kw: Pool3x3(
+        channels, "max", stride, name=name, **kw),
+    "avg": lambda *, channels, stride, name, **kw: Pool3x3(
+        channels, "avg", stride, name=name, **kw),
+    "id": lambda *, channels, stride, name, **kw: (
+        Identity(channels, 1, name=name, **kw) if stride == 1
+        else ReduceConv(channels, stride, name=name, **kw)),
 }
 
 PRIMITIVES: Tuple[str, ...] = tuple(OPS)
@@ -324,10 +390,14 @@ def check_primitives(names: Sequence[str]) -> Tuple[str, ...]:
 
 
 def make_op(op_name: str, channels: int, stride: int,
-            name: str | None = None) -> keras.layers.Layer:
-  """Builds the registered op `op_name`; raises ConfigError for unknown names."""
+            name: str | None = None, dtype=None) -> keras.layers.Layer:
+  """Builds the registered op `op_name`; raises ConfigError for unknown names.
+
+  `dtype`: the Keras dtype policy of the op and its sublayers.
+  """
   check_primitives([op_name])
-  return OPS[op_name](channels=channels, stride=stride, name=name or op_name)
+  return OPS[op_name](channels=channels, stride=stride, name=name or op_name,
+                      dtype=dtype)
 
 
 def scale_by(x: tf.Tensor, coefficient: tf.Tensor) -> tf.Tensor:

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import distribute
+from bayesnas_tf import precision
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
@@ -86,8 +87,12 @@ class Trainer:
           global_clipnorm=train.grad_clip or None, name="sgd")
       self.optimizer.build(model.trainable_variables)
       self.state = TrainState()
+      # float16 compute: dynamic loss scaling (precision.py).
+      self.loss_scale = precision.make_loss_scale(config.runtime.dtype_policy)
+    extra = {} if self.loss_scale is None else {"loss_scale": self.loss_scale}
     self.checkpoint = tf.train.Checkpoint(
-        model=variables_by_path(model), optimizer=self.optimizer, state=self.state)
+        model=variables_by_path(model), optimizer=self.optimizer, state=self.state,
+        **extra)
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(self.model_dir, "checkpoints"),
         max_to_keep=config.runtime.keep_checkpoints)
@@ -123,8 +128,12 @@ class Trainer:
           # Coupled weight decay on every weight (PyTorch/DARTS semantics).
           loss += 0.5 * train.weight_decay * tf.add_n(
               [tf.reduce_sum(tf.square(v)) for v in variables]) / replicas
-      grads = tape.gradient(loss, variables)
-      self.optimizer.apply_gradients(zip(grads, variables))
+      if self.loss_scale is None:
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+      else:
+        grads = tape.gradient(self.loss_scale.scale(loss), variables)
+        self.loss_scale.apply([(self.optimizer, grads, variables)])
       correct = tf.reduce_sum(tf.cast(tf.equal(
           tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
       return tf.reduce_sum(per_example), correct

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import distribute
+from bayesnas_tf import precision
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.compress import structure
@@ -128,6 +129,7 @@ class Compressor:
                                           trainable=False, name=f"kernel_mask_{w}")
                            for w in self.chain.weighted}
       self.state = CompressState()
+      self.loss_scale = precision.make_loss_scale(config.runtime.dtype_policy)
       self._bn_momentum = tf.Variable(0.0, trainable=False, name="bn_recalibration_momentum")
     self.kernels = {w: self.chain.kernel(w) for w in self.chain.weighted}
     self.group_layers = sorted({s.layer_index for s in self.group_sets})
@@ -141,6 +143,10 @@ class Compressor:
     self._eval_steps: Dict[str, Callable] = {}
 
   def _base_model(self) -> keras.Model:
+    with precision.policy_scope(self.config.runtime.dtype_policy):
+      return self._load_or_build_base_model()
+
+  def _load_or_build_base_model(self) -> keras.Model:
     if self.cfg.base_model:
       return load_base_model(self.cfg.base_model, self.data.image_shape,
                              self.data.num_classes)
@@ -177,8 +183,12 @@ class Compressor:
         if penalty is not None:
           group_lasso = tf.cast(penalty(), tf.float32)
           loss += group_lasso / replicas
-      grads = tape.gradient(loss, variables)
-      optimizer.apply_gradients(zip(grads, variables))
+      if self.loss_scale is None:
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+      else:  # float16 compute (precision.py)
+        grads = tape.gradient(self.loss_scale.scale(loss), variables)
+        self.loss_scale.apply([(optimizer, grads, variables)])
       correct = tf.reduce_sum(tf.cast(tf.equal(
           tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
       return tf.reduce_sum(per_example), correct, group_lasso
@@ -286,10 +296,13 @@ class Compressor:
     strategy = self.strategy
     tapped = sorted(set(self.chain.weighted) | set(self.chain.bn_after.values()))
 
-    @tf.function
+    @tf.function(jit_compile=self.config.runtime.jit_compile or None)
     def step(images, seed):
       def replica_fn(images):
-        h = kernel_hessian_diagonal(self.chain, images, cfg.hessian, seed, self.unit_masks)
+        # The curvature of a mixed-precision model is its float32 network's.
+        with precision.float32_policy(self.model):
+          h = kernel_hessian_diagonal(self.chain, images, cfg.hessian, seed,
+                                      self.unit_masks)
         return [h[i] for i in tapped]
       per_replica = strategy.run(replica_fn, args=(images,))
       return [strategy.reduce(tf.distribute.ReduceOp.SUM, h, axis=None) for h in per_replica]

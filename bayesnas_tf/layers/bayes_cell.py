@@ -52,13 +52,14 @@ class BayesCell(keras.layers.Layer):
     self.reduction_prev = bool(reduction_prev)
     self.primitives = ops.check_primitives(primitives)
     self.size_reduct = size_reduct
-    self.preprocess0 = ChannelReduce(channels, name="preprocess0")
+    policy = self.dtype_policy
+    self.preprocess0 = ChannelReduce(channels, name="preprocess0", dtype=policy)
     self.preprocess1 = ChannelReduce(
         channels, size_reduct if self.reduction_prev else "none",
-        name="preprocess1")
+        name="preprocess1", dtype=policy)
     self.edges = [
         SwitchedEdge(channels, self._stride(src), self.primitives,
-                     name=f"edge_{src}_{dst}")
+                     name=f"edge_{src}_{dst}", dtype=policy)
         for src, dst in self.cell_spec.edges]
 
   def _stride(self, src: str) -> int:

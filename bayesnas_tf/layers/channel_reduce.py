@@ -37,21 +37,23 @@ class ChannelReduce(keras.layers.Layer):
           f"Received: size_reduct={size_reduct!r}.")
     self.channels = channels
     self.size_reduct = size_reduct
-    self.bn = ops.batch_norm("bn")
-    self.relu = keras.layers.ReLU(name="relu")
-    self.conv = ops.conv1x1(channels, 1, "conv")
+    self.bn = ops.batch_norm("bn", self.dtype_policy)
+    self.relu = keras.layers.ReLU(name="relu", dtype=self.dtype_policy)
+    self.conv = ops.conv1x1(channels, 1, "conv", self.dtype_policy)
     self.reduce_convs = []
 
   def build(self, input_shape):
     in_channels = input_shape[-1]
     if self.size_reduct == "conv":
-      self.reduce_convs = [ops.conv1x1(in_channels, 2, "size_reduct")]
+      self.reduce_convs = [ops.conv1x1(in_channels, 2, "size_reduct",
+                                       self.dtype_policy)]
     elif self.size_reduct == "factorized":
       if in_channels % 2:
         raise ValueError(
             "factorized size reduction needs an even number of input "
             f"channels. Received: input_shape={tuple(input_shape)}.")
-      self.reduce_convs = [ops.conv1x1(in_channels // 2, 2, f"size_reduct{i}")
+      self.reduce_convs = [ops.conv1x1(in_channels // 2, 2, f"size_reduct{i}",
+                                       self.dtype_policy)
                            for i in (1, 2)]
     for conv in self.reduce_convs:
       conv.build(input_shape)

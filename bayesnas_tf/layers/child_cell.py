@@ -108,16 +108,17 @@ class ChildCell(keras.layers.Layer):
     self.drop_path = drop_path
 
     used = {src for node in cell for _, src in node}
-    self.preprocess0 = (ChannelReduce(channels, name="preprocess0")
+    policy = self.dtype_policy
+    self.preprocess0 = (ChannelReduce(channels, name="preprocess0", dtype=policy)
                         if "in0" in used else None)
     self.preprocess1 = (
         ChannelReduce(channels, size_reduct if self.reduction_prev else "none",
-                      name="preprocess1")
+                      name="preprocess1", dtype=policy)
         if "in1" in used else None)
     # One list of op layers per node, in genotype order.
     self.node_ops = [
         [ops.make_op(op, channels, self._stride(src),
-                     name=f"{node_name(j)}_{op}_{src}")
+                     name=f"{node_name(j)}_{op}_{src}", dtype=policy)
          for op, src in node]
         for j, node in enumerate(cell)]
     # The drop-path mask generator is made in `build` (see there).

@@ -27,7 +27,8 @@ class MixedOp(keras.layers.Layer):
     self.channels = channels
     self.stride = stride
     self.candidate_ops = [
-        ops.make_op(name, channels, stride, name=name)
+        ops.make_op(name, channels, stride, name=name,
+                    dtype=self.dtype_policy)
         for name in self.primitives]
 
   def build(self, input_shape):
@@ -61,6 +62,14 @@ class MixedOp(keras.layers.Layer):
 
   def compute_output_shape(self, input_shape):
     return self.candidate_ops[0].compute_output_shape(input_shape)
+
+  def compute_output_spec(self, inputs, weights=None, active=None,
+                          training=None):
+    # The output depends on the input's shape only; `weights` may be left
+    # out of a symbolic call (Keras's layer test does).
+    del weights, active, training
+    return keras.KerasTensor(self.compute_output_shape(inputs.shape),
+                             dtype=self.compute_dtype)
 
   def get_config(self):
     config = super().get_config()

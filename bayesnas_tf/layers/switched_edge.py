@@ -41,7 +41,8 @@ class SwitchedEdge(keras.layers.Layer):
     self.primitives = ops.check_primitives(primitives)
     self.channels = channels
     self.stride = stride
-    self.mixed_op = MixedOp(channels, stride, self.primitives, name="mixed_op")
+    self.mixed_op = MixedOp(channels, stride, self.primitives, name="mixed_op",
+                            dtype=self.dtype_policy)
     self._active_ops: Tuple[int, ...] = tuple(range(len(self.primitives)))
     self._edge_active = True
 

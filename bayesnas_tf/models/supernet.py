@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import ops
+from bayesnas_tf import recompute as recompute_lib
 from bayesnas_tf.layers.bayes_cell import BayesCell
 from bayesnas_tf.search_space import CELL_TYPES, get_search_space
 from bayesnas_tf.search_space import reduction_positions
@@ -36,12 +37,17 @@ class SuperNet(keras.Model):
     search_space: a name from `search_space.SEARCH_SPACES`.
     primitives: op names (gate order); default all 7.
     stem_multiplier: stem output channels = stem_multiplier * C.
+    recompute_cells: in training, recompute each cell's activations in the
+      backward pass instead of keeping them (recompute.py): less memory, the
+      same numbers, about one more forward pass of compute. Calls with gate
+      offsets (the Hessian estimators) and inference are not affected.
   """
 
   def __init__(self, num_classes: int = 10, cells: int = 8, channels: int = 36,
                search_space: str = "bayesnas",
                primitives: Sequence[str] = ops.PRIMITIVES,
-               stem_multiplier: int = 3, **kwargs):
+               stem_multiplier: int = 3, recompute_cells: bool = False,
+               **kwargs):
     super().__init__(**kwargs)
     for arg, value in (("num_classes", num_classes), ("channels", channels),
                        ("stem_multiplier", stem_multiplier)):
@@ -57,13 +63,17 @@ class SuperNet(keras.Model):
     self.search_space = search_space
     self.primitives = ops.check_primitives(primitives)
     self.stem_multiplier = stem_multiplier
+    self.recompute_cells = bool(recompute_cells)
     space = get_search_space(search_space)
     reductions = reduction_positions(cells)
 
-    self.stem_pad = keras.layers.ZeroPadding2D(1, name="stem_pad")
+    # Sublayers take the network's dtype policy (Keras 3 does not pass it on).
+    policy = self.dtype_policy
+    self.stem_pad = keras.layers.ZeroPadding2D(1, name="stem_pad", dtype=policy)
     self.stem_conv = keras.layers.Conv2D(
         stem_multiplier * channels, 3, padding="valid", use_bias=False,
-        kernel_initializer=ops.conv_initializer(), name="stem_conv")
+        kernel_initializer=ops.conv_initializer(), name="stem_conv",
+        dtype=policy)
     self.cells: List[BayesCell] = []
     self.cell_types: List[str] = []
     c = channels
@@ -75,17 +85,18 @@ class SuperNet(keras.Model):
       cell_type = "reduce" if reduction else "normal"
       self.cells.append(BayesCell(
           space.cell(cell_type), c, reduction, reduction_prev,
-          self.primitives, name=f"cell_{index}_{cell_type}"))
+          self.primitives, name=f"cell_{index}_{cell_type}", dtype=policy))
       self.cell_types.append(cell_type)
       reduction_prev = reduction
-    self.head_bn = ops.batch_norm("head_bn")
-    self.head_relu = keras.layers.ReLU(name="head_relu")
-    self.global_pool = keras.layers.GlobalAveragePooling2D(name="global_pool")
+    self.head_bn = ops.batch_norm("head_bn", policy)
+    self.head_relu = keras.layers.ReLU(name="head_relu", dtype=policy)
+    self.global_pool = keras.layers.GlobalAveragePooling2D(name="global_pool",
+                                                           dtype=policy)
     final_channels = space.normal.num_nodes * c
     self.classifier = keras.layers.Dense(
         num_classes, kernel_initializer=ops.conv_initializer(),
         bias_initializer=dense_bias_initializer(final_channels),
-        name="classifier")
+        name="classifier", dtype=policy)
 
   # --- building ---------------------------------------------------------
   def build(self, input_shape):
@@ -103,10 +114,15 @@ class SuperNet(keras.Model):
     """`gate_offsets`: None or one (batch, num_edges, num_ops+1) per cell."""
     x = self.stem_conv(self.stem_pad(inputs))
     prev_prev, prev = x, x
+    recompute = self.recompute_cells and training and gate_offsets is None
     for index, cell in enumerate(self.cells):
       offsets = None if gate_offsets is None else gate_offsets[index]
-      prev_prev, prev = prev, cell(prev, prev_prev, gate_offsets=offsets,
-                                   training=training)
+      if recompute:
+        output = recompute_lib.recompute_grad(
+            lambda a, b, cell=cell: cell(a, b, training=True))(prev, prev_prev)
+      else:
+        output = cell(prev, prev_prev, gate_offsets=offsets, training=training)
+      prev_prev, prev = prev, output
     x = self.head_relu(self.head_bn(prev, training=training))
     return self.classifier(self.global_pool(x))
 
@@ -178,5 +194,6 @@ class SuperNet(keras.Model):
         "num_classes": self.num_classes, "cells": self.num_cells,
         "channels": self.channels, "search_space": self.search_space,
         "primitives": list(self.primitives),
-        "stem_multiplier": self.stem_multiplier})
+        "stem_multiplier": self.stem_multiplier,
+        "recompute_cells": self.recompute_cells})
     return config

@@ -78,11 +78,48 @@ def ggn_diagonal(net, images) -> List[tf.Tensor]:
   return total
 
 
+def _mix32(x):
+  """MurmurHash3's 32-bit finaliser: a bijection that scrambles every bit."""
+  shift = tf.bitwise.right_shift
+  x = tf.bitwise.bitwise_xor(x, shift(x, tf.constant(16, tf.uint32)))
+  x *= tf.constant(0x85EBCA6B, tf.uint32)
+  x = tf.bitwise.bitwise_xor(x, shift(x, tf.constant(13, tf.uint32)))
+  x *= tf.constant(0xC2B2AE35, tf.uint32)
+  return tf.bitwise.bitwise_xor(x, shift(x, tf.constant(16, tf.uint32)))
+
+
+def stateless_uniform_hash(shape, seed) -> tf.Tensor:
+  """U(0, 1) float32 from a counter hash of (seed, position).
+
+  Integer arithmetic only, so the plain graph and XLA give the same numbers
+  (TF's stateless RNG kernels and XLA's differ for the same seed).
+  """
+  xor = tf.bitwise.bitwise_xor
+  seed = tf.cast(seed, tf.uint32)
+  key = _mix32(xor(seed[0], _mix32(seed[1] + tf.constant(0x9E3779B9, tf.uint32))))
+  counter = tf.cast(tf.reshape(tf.range(tf.reduce_prod(shape)), shape),
+                    tf.uint32)
+  bits = _mix32(_mix32(xor(counter, key)) + key)
+  # The top 24 bits, centred in their bin: strictly inside (0, 1).
+  top = tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32))
+  return (tf.cast(top, tf.float32) + 0.5) / float(1 << 24)
+
+
+def sample_categorical(logits, seed) -> tf.Tensor:
+  """One label per row of `logits`, y ~ softmax(logits), by the Gumbel-max
+  trick: argmax(logits + G) with G = -log(-log U) is exactly categorical.
+  With the hash uniforms it gives the same labels with and without XLA
+  (`tf.random.stateless_categorical` does not compile with XLA at all)."""
+  uniform = stateless_uniform_hash(tf.shape(logits), seed)
+  gumbel = -tf.math.log(-tf.math.log(uniform))
+  return tf.argmax(tf.cast(logits, tf.float32) + gumbel, axis=-1)
+
+
 def ggn_mc_diagonal(net, images, seed) -> List[tf.Tensor]:
   """One-sample Monte Carlo estimate of the GGN diagonal (stateless `seed`)."""
   tape, offsets, logits = _forward_with_offsets(net, images)
   probs = tf.nn.softmax(logits)
-  sampled = tf.random.stateless_categorical(logits, 1, seed=seed)[:, 0]
+  sampled = sample_categorical(logits, seed)
   residual = probs - tf.one_hot(sampled, logits.shape[-1], dtype=probs.dtype)
   result = _squared_sum(tape, logits, offsets, residual)
   del tape

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import data as data_lib
+from bayesnas_tf import precision
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
@@ -129,8 +130,10 @@ class BayesNASSearch:
     search = cfg.search
     keras.utils.set_random_seed(cfg.runtime.seed)
     with self.strategy.scope():
-      self.net = self.backend.build_network(self.dataset.num_classes,
-                                            self.dataset.image_shape)
+      # The network computes in --dtype_policy; its variables stay float32.
+      with precision.policy_scope(cfg.runtime.dtype_policy):
+        self.net = self.backend.build_network(self.dataset.num_classes,
+                                              self.dataset.image_shape)
       clip = search.grad_clip or None
       self.weight_optimizer = keras.optimizers.SGD(
           search.learning_rate, momentum=search.momentum, global_clipnorm=clip,
@@ -147,11 +150,14 @@ class BayesNASSearch:
           {t: len(self.space.cell(t).edges) for t in types},
           len(self.lambdas), search.init, cfg.runtime.seed)
       self.state = SearchState()
+      self.loss_scale = precision.make_loss_scale(cfg.runtime.dtype_policy)
     self.predecessors = {t: prior_lib.predecessor_matrix(self.space.cell(t))
                          for t in self.net.present_cell_types}
+    extra = {} if self.loss_scale is None else {"loss_scale": self.loss_scale}
     self.checkpoint = tf.train.Checkpoint(
         net=variables_by_path(self.net), weight_optimizer=self.weight_optimizer,
-        arch_optimizer=self.arch_optimizer, prior=self.prior, state=self.state)
+        arch_optimizer=self.arch_optimizer, prior=self.prior, state=self.state,
+        **extra)
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(self.model_dir, "checkpoints"),
         max_to_keep=cfg.runtime.keep_checkpoints)
@@ -205,14 +211,23 @@ class BayesNASSearch:
               net.gates_by_type(), omega, lambdas)
           loss += penalty / num_replicas
       variables = weight_vars + (arch_vars if train_gates else [])
-      # Gates of a fully pruned edge are unconnected: their gradient is 0.
-      grads = tape.gradient(loss, variables,
-                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      self.weight_optimizer.apply_gradients(
-          zip(grads[:len(weight_vars)], weight_vars))
+      # float16: the loss is scaled, and both optimizers skip a step whose
+      # gradients overflowed (precision.LossScale).
+      target = loss if self.loss_scale is None else self.loss_scale.scale(loss)
+      # Gates of a fully pruned edge are unconnected: their gradient is 0
+      # (filled here: TF's UnconnectedGradients.ZERO fails on Keras
+      # variables in a float16 graph).
+      grads = [tf.zeros_like(v) if g is None else g for v, g in zip(
+          variables, tape.gradient(target, variables))]
+      updates = [(self.weight_optimizer, grads[:len(weight_vars)], weight_vars)]
       if train_gates:
-        self.arch_optimizer.apply_gradients(
-            zip(grads[len(weight_vars):], arch_vars))
+        updates.append(
+            (self.arch_optimizer, grads[len(weight_vars):], arch_vars))
+      if self.loss_scale is None:
+        for optimizer, optimizer_grads, optimizer_vars in updates:
+          optimizer.apply_gradients(zip(optimizer_grads, optimizer_vars))
+      else:
+        self.loss_scale.apply(updates)
       correct = tf.reduce_sum(tf.cast(
           tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels),
           tf.float32))
@@ -241,7 +256,10 @@ class BayesNASSearch:
     def replica_fn(images, labels, seed):
       replica = tf.distribute.get_replica_context().replica_id_in_sync_group
       seed = seed + tf.stack([0, tf.cast(replica, seed.dtype)])
-      return hessian_lib.gate_hessian(net, images, labels, method, seed)
+      # Curvature stays float32 under a mixed policy: the traced Hessian is
+      # the float32 network's, on the same variables (precision.py).
+      with precision.float32_policy(net):
+        return hessian_lib.gate_hessian(net, images, labels, method, seed)
 
     def fn(batch, seed):
       images, labels = batch
@@ -250,7 +268,9 @@ class BayesNASSearch:
               for h in per_replica]
 
     # The exact oracle does one HVP per gate; tracing it would unroll them.
-    fn = fn if method == "exact" else tf.function(fn)
+    # diag_backprop routes max pools with MaxPoolWithArgmax, which XLA lacks.
+    jit = (self.config.runtime.jit_compile and method != "diag_backprop") or None
+    fn = fn if method == "exact" else tf.function(fn, jit_compile=jit)
     self._step_fns[key] = fn
     return fn
 
@@ -265,7 +285,7 @@ class BayesNASSearch:
           tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
       return correct, tf.cast(tf.shape(labels)[0], tf.float32)
 
-    @tf.function
+    @tf.function(jit_compile=self.config.runtime.jit_compile or None)
     def fn(batch):
       correct, count = strategy.run(replica_fn, args=batch)
       return (strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None),

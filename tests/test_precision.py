@@ -1,0 +1,193 @@
+"""Dtype policies (precision.py): Keras's own mixed-precision layer check,
+float32 variables, float32 curvature, loss scaling and the CLI's refusal of
+mixed_float16 without a GPU.
+
+`keras.src.testing.TestCase.run_layer_test` is Keras's layer test: with its
+default `run_mixed_precision_check=True` it rebuilds the layer with
+`dtype="mixed_float16"` and asserts that the outputs are float16 (the compute
+dtype) and that every weight is float32.
+"""
+
+import tempfile
+
+import keras
+from keras.src import testing as keras_testing
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bayesnas_tf import config as config_lib
+from bayesnas_tf import data as data_lib
+from bayesnas_tf import precision
+from bayesnas_tf import search_space
+from bayesnas_tf.layers import BayesCell
+from bayesnas_tf.layers import ChannelReduce
+from bayesnas_tf.layers import MixedOp
+from bayesnas_tf.layers import SwitchedEdge
+from bayesnas_tf.layers.child_cell import ChildCell
+from bayesnas_tf.models.supernet import SuperNet
+from bayesnas_tf.search import search_loop
+from tests.conftest import run_main
+
+SUBSET = ("sep3", "dil3", "max", "avg", "id")
+CELL = [[["sep3", "in0"], ["max", "in1"]], [["id", "in0"], ["dil3", "n0"]]]
+
+
+def _tensor(shape, seed=0):
+  return tf.constant(np.random.RandomState(seed).standard_normal(shape),
+                     tf.float32)
+
+
+class MixedPrecisionLayerTest(keras_testing.TestCase):
+  """Keras's run_layer_test, mixed-precision check on (its default)."""
+
+  def test_mixed_op(self):
+    for stride in (1, 2):
+      self.run_layer_test(
+          MixedOp, {"channels": 4, "stride": stride, "primitives": SUBSET},
+          input_shape=(2, 8, 8, 4),
+          call_kwargs={"weights": tf.constant([1.0, 0.5, 2.0, 1.5, 0.3])},
+          expected_output_shape=(2, 8 // stride, 8 // stride, 4),
+          run_training_check=False)  # Its Model wrapper drops `weights`.
+
+  def test_switched_edge(self):
+    for stride in (1, 2):
+      self.run_layer_test(
+          SwitchedEdge, {"channels": 4, "stride": stride, "primitives": SUBSET},
+          input_shape=(2, 8, 8, 4),
+          expected_output_shape=(2, 8 // stride, 8 // stride, 4))
+
+  def test_channel_reduce(self):
+    for size_reduct in ("none", "conv", "factorized"):
+      out = 4 if size_reduct == "none" else 2
+      self.run_layer_test(
+          ChannelReduce, {"channels": 3, "size_reduct": size_reduct},
+          input_shape=(2, 4, 4, 6), expected_output_shape=(2, out, out, 3))
+
+  def test_bayes_cell(self):
+    spec = search_space.get_search_space("bayesnas").cell("reduce")
+    self.run_layer_test(
+        BayesCell, {"cell_spec": {"num_nodes": spec.num_nodes,
+                                  "edges": [list(e) for e in spec.edges]},
+                    "channels": 4, "reduction": True, "primitives": SUBSET},
+        input_shape={"in0_shape": (2, 8, 8, 6), "in1_shape": (2, 8, 8, 6)},
+        expected_output_shape=(2, 4, 4, 16),
+        run_training_check=False)  # Its Model wrapper takes one input.
+
+  def test_child_cell(self):
+    self.run_layer_test(
+        ChildCell, {"genotype_cell": CELL, "channels": 4, "reduction": True,
+                    "reduction_prev": True},
+        input_shape={"in0_shape": (2, 8, 8, 6), "in1_shape": (2, 16, 16, 6)},
+        expected_output_shape=(2, 4, 4, 8),
+        run_training_check=False)  # Its Model wrapper takes one input.
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_supernet_under_policy(policy):
+  # Every sublayer follows the network's policy; variables stay float32;
+  # the gates and the penalty read them in float32 outside the layers.
+  net = SuperNet(10, 3, 4, primitives=SUBSET, dtype=policy)
+  net.build((None, 8, 8, 3))
+  compute = keras.dtype_policies.get(policy).compute_dtype
+  logits = net(_tensor((2, 8, 8, 3)), training=True)
+  assert logits.dtype == compute
+  assert {v.dtype for v in net.variables} == {"float32"}
+  layers = [l for cell in net.cells for l in cell._flatten_layers()]
+  assert {l.compute_dtype for l in layers} == {compute}
+  assert net.gates_by_type()["normal"].dtype == tf.float32
+
+
+def test_float32_policy_scope_restores_policies():
+  net = SuperNet(10, 3, 4, primitives=SUBSET, dtype="mixed_bfloat16")
+  net.build((None, 8, 8, 3))
+  x = _tensor((2, 8, 8, 3))
+  with precision.float32_policy(net):
+    assert net(x, training=False).dtype == tf.float32
+  assert net(x, training=False).dtype == tf.bfloat16
+
+
+def _search(tmp_path, policy, **runtime):
+  config = config_lib.ExperimentConfig(
+      mode="search",
+      data=config_lib.DataConfig(dataset="digits", batch_size=8,
+                                 max_train_examples=160, crop_padding=0,
+                                 cutout=0),
+      supernet=config_lib.SupernetConfig(cells=3, channels=4, primitives=SUBSET),
+      runtime=config_lib.RuntimeConfig(model_dir=str(tmp_path / policy),
+                                       progress=False, dtype_policy=policy,
+                                       **runtime)).validate()
+  dataset = data_lib.load_dataset("digits")
+  return search_loop.BayesNASSearch(config, dataset, tf.distribute.get_strategy())
+
+
+def test_ggn_hessian_of_mixed_search_equals_float32(tmp_path):
+  # The Hessian pass of a mixed search runs the float32 network on the same
+  # variables: it agrees with the float32 search's to float32 round-off
+  # (rtol 1e-5), although the training step computes in bfloat16.
+  reference = _search(tmp_path, "float32")
+  mixed = _search(tmp_path, "mixed_bfloat16")
+  for a, b in zip(reference.net.variables, mixed.net.variables):
+    b.assign(a)
+  batch = next(b for _, b in reference.phase_batches(search_loop.SEARCH, 0))
+  seed = tf.constant([0, 0], tf.int64)
+  expected = reference.hessian_fn("ggn")(batch, seed)
+  got = mixed.hessian_fn("ggn")(batch, seed)
+  for e, g in zip(expected, got):
+    assert g.dtype == tf.float32
+    np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-7)
+  # And the bfloat16 step itself runs, with float32 variables.
+  ce, _, _ = mixed.train_step_fn(True)(batch)
+  assert np.isfinite(float(ce))
+  assert {v.dtype for v in mixed.net.variables} == {"float32"}
+
+
+def test_loss_scale_skips_overflow_and_grows():
+  variable = tf.Variable([1.0, 2.0])
+  optimizers = [keras.optimizers.SGD(0.1), keras.optimizers.SGD(0.1)]
+  other = tf.Variable([3.0])
+  for o, v in zip(optimizers, ([variable], [other])):
+    o.build(v)
+  scale = precision.LossScale(initial_scale=8.0, growth_steps=2)
+
+  @tf.function
+  def step(grad):
+    return scale.apply([(optimizers[0], [grad * scale.scale_value], [variable]),
+                        (optimizers[1], [tf.constant([1.0]) * scale.scale_value],
+                         [other])])
+
+  assert not bool(step(tf.constant([np.inf, 1.0])))  # overflow: skip both
+  np.testing.assert_allclose(variable.numpy(), [1.0, 2.0])
+  np.testing.assert_allclose(other.numpy(), [3.0])
+  assert float(scale.scale_value) == 4.0
+  assert bool(step(tf.constant([1.0, 1.0])))          # unscaled: grad 1
+  np.testing.assert_allclose(variable.numpy(), [0.9, 1.9], rtol=1e-6)
+  np.testing.assert_allclose(other.numpy(), [2.9], rtol=1e-6)
+  step(tf.constant([1.0, 1.0]))
+  assert float(scale.scale_value) == 8.0               # 2 finite steps: x2
+
+
+def test_mixed_float16_search_step_loss_scaled(tmp_path):
+  # The library runs float16 anywhere (the CLI refuses it without a GPU):
+  # one step trains with a loss scale and float32 variables.
+  search = _search(tmp_path, "mixed_float16")
+  assert search.loss_scale is not None
+  batch = next(b for _, b in search.phase_batches(search_loop.SEARCH, 0))
+  before = [v.numpy() for v in search.net.arch_variables]
+  ce, _, _ = search.train_step_fn(True)(batch)
+  assert np.isfinite(float(ce))
+  after = [v.numpy() for v in search.net.arch_variables]
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+  assert float(search.loss_scale.scale_value) == precision.INITIAL_LOSS_SCALE
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")),
+                    reason="the refusal is for machines without a GPU")
+def test_cli_refuses_mixed_float16_without_gpu():
+  with tempfile.TemporaryDirectory() as model_dir:
+    result = run_main("--mode=search", "--dataset=digits",
+                      f"--model_dir={model_dir}", "--dtype_policy=mixed_float16",
+                      timeout=120)
+  assert result.returncode != 0
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "mixed_float16 needs a GPU" in lines[0], result.stderr
