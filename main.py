@@ -16,6 +16,7 @@ from absl import logging
 
 from bayesnas_tf import config as config_lib
 from bayesnas_tf.errors import BayesNASError
+from bayesnas_tf.errors import PREEMPTED_EXIT_CODE, Preempted
 
 FLAGS = flags.FLAGS
 
@@ -29,6 +30,13 @@ flags.DEFINE_enum("strategy", None, list(config_lib.STRATEGIES),
 flags.DEFINE_integer("logical_cpu_devices", None,
                      "Split the CPU into N logical devices (for --strategy=mirrored "
                      "without GPUs); 0 = off.")
+flags.DEFINE_string("tpu", None,
+                    "--strategy=tpu: TPU name or grpc://HOST:8470 (empty: this TPU VM).")
+flags.DEFINE_string("worker_hosts", None,
+                    "--strategy=multi_worker_mirrored without TF_CONFIG: "
+                    "comma-separated HOST:PORT of every worker, the chief first.")
+flags.DEFINE_integer("task_index", None,
+                     "This worker's index in --worker_hosts.")
 flags.DEFINE_integer("seed", None, "Random seed (weights, data order, prior init).")
 flags.DEFINE_bool("deterministic", None, "Enable TF op determinism.")
 flags.DEFINE_bool("jit_compile", None, "XLA-compile the step functions.")
@@ -193,6 +201,9 @@ def main(argv):
   except BayesNASError as error:
     sys.stderr.write(f"error: {error}\n")
     return 1
+  except Preempted as stop:
+    sys.stderr.write(f"preempted: {stop}\n")
+    return PREEMPTED_EXIT_CODE
   except KeyboardInterrupt:
     sys.stderr.write("interrupted; run the same command again to resume from "
                      "the last checkpoint\n")

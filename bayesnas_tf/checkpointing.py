@@ -15,6 +15,7 @@ from typing import Dict, Optional
 import keras
 import tensorflow as tf
 
+from bayesnas_tf import cluster
 from bayesnas_tf.errors import CheckpointMismatchError
 
 
@@ -41,9 +42,10 @@ def restore_latest(checkpoint: tf.train.Checkpoint,
   """Restores the newest checkpoint, if any; a mismatch is a user error.
 
   Returns the restored path (None when there is none). Every object that
-  exists now must find its value in the checkpoint.
+  exists now must find its value in the checkpoint. A non-chief worker of a
+  cluster restores the chief's checkpoint (cluster.py).
   """
-  latest = manager.latest_checkpoint
+  latest = cluster.checkpoint_to_restore(manager)
   if not latest:
     return None
   try:

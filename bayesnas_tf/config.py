@@ -15,7 +15,7 @@ from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.ops import PRIMITIVES, PRUNE_THRESHOLD, check_primitives
 
 MODES = ("search", "retrain", "transfer", "compress", "export", "study")
-STRATEGIES = ("default", "one_device", "mirrored")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 # The gate Hessian estimators (search/hessian.py reads this list).
 HESSIAN_METHODS = ("ggn", "ggn_mc", "exact", "diag_backprop")
 # Keras dtype policies (precision.py).
@@ -210,6 +210,9 @@ class RuntimeConfig:
     checkpoint_every: steps between checkpoints (phase ends always save).
     keep_checkpoints: how many checkpoints to keep.
     progress: show progress bars.
+    tpu: --strategy=tpu: a TPU name or grpc:// address ("": this TPU VM).
+    worker_hosts, task_index: --strategy=multi_worker_mirrored without
+      TF_CONFIG: "host1:port1,host2:port2" and this worker's index in it.
   """
   model_dir: str = "runs/search"
   strategy: str = "default"
@@ -222,6 +225,9 @@ class RuntimeConfig:
   checkpoint_every: int = 100
   keep_checkpoints: int = 2
   progress: bool = True
+  tpu: str = ""
+  worker_hosts: str = ""
+  task_index: int = 0
 
   def validate(self) -> None:
     if not self.model_dir:
@@ -232,6 +238,13 @@ class RuntimeConfig:
     _positive("seed", self.seed, allow_zero=True)
     _positive("checkpoint_every", self.checkpoint_every)
     _positive("keep_checkpoints", self.keep_checkpoints)
+    _positive("task_index", self.task_index, allow_zero=True)
+    if self.tpu and self.strategy != "tpu":
+      raise ConfigError(f"--tpu={self.tpu} needs --strategy=tpu")
+    if (self.worker_hosts or self.task_index) and (
+        self.strategy != "multi_worker_mirrored"):
+      raise ConfigError("--worker_hosts/--task_index need "
+                        "--strategy=multi_worker_mirrored")
 
 
 LR_SCHEDULES = ("cosine", "exponential", "constant")
@@ -470,6 +483,10 @@ class ExperimentConfig:
     if self.mode == "search":
       from bayesnas_tf import tree_space  # pylint: disable=g-import-not-at-top
       tree_space.check_tree_hessian(self.supernet.search_space, self.search.hessian)
+      if self.runtime.strategy == "tpu" and self.search.hessian == "exact":
+        # One eager Hessian-vector product per gate; a TPU runs compiled steps.
+        raise ConfigError("--hessian=exact runs eagerly and cannot run on a TPU; "
+                          "use --hessian=ggn")
     return self
 
   def to_dict(self) -> Dict[str, Any]:

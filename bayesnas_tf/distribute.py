@@ -5,6 +5,7 @@ from __future__ import annotations
 from absl import logging
 import tensorflow as tf
 
+from bayesnas_tf.config import STRATEGIES, RuntimeConfig
 from bayesnas_tf.errors import ConfigError
 
 
@@ -28,12 +29,20 @@ def configure_logical_cpus(count: int) -> None:
           f"TensorFlow started ({existing} exist): {error}") from None
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
+def make_strategy(name: str, runtime=None) -> tf.distribute.Strategy:
   """Returns the strategy called `name`.
 
   default: no distribution (the default strategy); one_device: the first
-  GPU, else the CPU; mirrored: all local GPUs, else all logical CPUs.
+  GPU, else the CPU; mirrored: all local GPUs, else all logical CPUs;
+  multi_worker_mirrored: every worker of the TF_CONFIG cluster (or
+  --worker_hosts); tpu: the TPU of --tpu. `runtime` (a RuntimeConfig) gives
+  the last two their cluster flags.
   """
+  from bayesnas_tf import cluster  # pylint: disable=g-import-not-at-top
+  if name == "multi_worker_mirrored":
+    return cluster.multi_worker_strategy(runtime or RuntimeConfig(strategy=name))
+  if name == "tpu":
+    return cluster.tpu_strategy(runtime.tpu if runtime else "")
   gpus = tf.config.list_logical_devices("GPU")
   if name == "default":
     return tf.distribute.get_strategy()
@@ -45,8 +54,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     logging.info("MirroredStrategy over %s", devices)
     return tf.distribute.MirroredStrategy(devices)
   raise ConfigError(
-      f"unknown strategy {name!r}; valid strategies are default, one_device, "
-      "mirrored")
+      f"unknown strategy {name!r}; valid strategies are {', '.join(STRATEGIES)}")
 
 
 def steps_per_epoch(batch_size: int, num_examples: int,
@@ -63,3 +71,54 @@ def steps_per_epoch(batch_size: int, num_examples: int,
         f"--batch_size={batch_size} must be divisible by the "
         f"{strategy.num_replicas_in_sync} replicas")
   return steps
+
+
+def distribute_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset,
+                       global_batch_size: int, pad: bool = False):
+  """`dataset`'s global batches split into per-replica slices.
+
+  Every worker builds the same global pipeline and keeps its own contiguous
+  slice of every global batch, split between its replicas: replica r of N
+  sees examples [r B/N, (r+1) B/N) of each batch however the replicas are
+  spread over workers, and every worker runs the same number of steps (a
+  worker with one batch more would wait forever in an all-reduce). No
+  auto-sharding guesses are involved.
+
+  `pad` (evaluation): batches shorter than `global_batch_size` (the last
+  one) are filled up with examples of label -1, which the evaluation steps
+  skip, to a multiple of the replicas. No replica ever gets an empty batch
+  (a mean over a dimension of size 0 is NaN and poisons the all-reduce) and
+  XLA/TPUs see one static shape. Training batches are full (drop_remainder)
+  and must split evenly (steps_per_epoch checks it).
+
+  One replica (and no TPU): the strategy's own distribution, unchanged.
+  """
+  from bayesnas_tf import cluster  # pylint: disable=g-import-not-at-top
+  replicas = strategy.num_replicas_in_sync
+  if replicas == 1 and not cluster.is_tpu(strategy):
+    return strategy.experimental_distribute_dataset(dataset)
+  per_replica = -(-global_batch_size // replicas)
+  padded = per_replica * replicas
+  if not pad and padded != global_batch_size:
+    raise ConfigError(f"--batch_size={global_batch_size} must be divisible by the "
+                      f"{replicas} replicas")
+
+  def fill(images, labels):
+    missing = padded - tf.shape(labels)[0]
+    images = tf.pad(images, [[0, missing]] + [[0, 0]] * (images.shape.rank - 1))
+    labels = tf.pad(labels, [[0, missing]], constant_values=-1)
+    return (tf.ensure_shape(images, [padded] + images.shape[1:].as_list()),
+            tf.ensure_shape(labels, [padded]))
+
+  if pad:
+    dataset = dataset.map(fill)
+
+  def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    local = replicas // context.num_input_pipelines
+    start = context.input_pipeline_id * local * per_replica
+    stop = start + local * per_replica
+    # Python-int bounds keep the batch dimension static.
+    worker = dataset.map(lambda *batch: tuple(t[start:stop] for t in batch))
+    return worker.rebatch(per_replica) if local > 1 else worker
+
+  return strategy.distribute_datasets_from_function(dataset_fn)

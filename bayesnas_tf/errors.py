@@ -27,3 +27,22 @@ class CheckpointMismatchError(BayesNASError):
 
 class TrainingDivergedError(BayesNASError):
   """The loss became NaN or infinite."""
+
+
+class ClusterError(BayesNASError):
+  """The cluster (TF_CONFIG, --worker_hosts, --tpu) is invalid or unreachable."""
+
+
+# The exit code of a run stopped by SIGTERM after writing its checkpoint.
+# TensorFlow's PreemptionCheckpointHandler exits with 42 by default outside
+# GCP, so a scheduler's restart-on-42 rule covers both; it differs from 1
+# (bad input) and 130 (Ctrl-C).
+PREEMPTED_EXIT_CODE = 42
+
+
+class Preempted(Exception):
+  """SIGTERM: the run saved a checkpoint and stops; the same command resumes.
+
+  Not a `BayesNASError`: nothing is wrong with the input, and the exit code
+  (PREEMPTED_EXIT_CODE) tells a scheduler to start the command again.
+  """

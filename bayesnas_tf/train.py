@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from bayesnas_tf import distribute
 from bayesnas_tf import precision
+from bayesnas_tf import preemption
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
@@ -96,6 +97,7 @@ class Trainer:
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(self.model_dir, "checkpoints"),
         max_to_keep=config.runtime.keep_checkpoints)
+    self.preemption = preemption.Watcher(strategy)
     self.train_step = self._make_train_step()
     self.eval_step = self._make_eval_step()
 
@@ -153,12 +155,16 @@ class Trainer:
 
     def replica_step(images, labels):
       logits = tf.cast(model(images, training=False), tf.float32)
-      loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-          labels=labels, logits=logits))
+      # Padding examples (label -1, distribute.distribute_dataset) never count.
+      valid = labels >= 0
+      safe_labels = tf.maximum(labels, 0)
+      loss = tf.reduce_sum(tf.where(valid, tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels=safe_labels, logits=logits), 0.0))
       top1 = tf.reduce_sum(tf.cast(tf.equal(
           tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
-      topk = tf.reduce_sum(tf.cast(tf.nn.in_top_k(labels, logits, k), tf.float32))
-      return loss, top1, topk, tf.cast(tf.shape(labels)[0], tf.float32)
+      topk = tf.reduce_sum(tf.cast(
+          valid & tf.nn.in_top_k(safe_labels, logits, k), tf.float32))
+      return loss, top1, topk, tf.reduce_sum(tf.cast(valid, tf.float32))
 
     @tf.function
     def step(batch):
@@ -171,7 +177,8 @@ class Trainer:
   def evaluate(self) -> Dict[str, float]:
     totals = np.zeros(4)
     dataset = self.data.test(batch_size=self.config.data.eval_batch_size)
-    for batch in self.strategy.experimental_distribute_dataset(dataset):
+    for batch in distribute.distribute_dataset(
+        self.strategy, dataset, self.config.data.eval_batch_size, pad=True):
       totals += np.array([float(v) for v in self.eval_step(batch)])
     count = max(totals[3], 1.0)
     result = {"loss": totals[0] / count, "accuracy": totals[1] / count,
@@ -207,7 +214,8 @@ class Trainer:
           self.steps_per_epoch, verbose=1 if self.config.runtime.progress else 0,
           stateful_metrics=["loss", "acc"], unit_name="step")
       step = start
-      for batch in self.strategy.experimental_distribute_dataset(dataset):
+      for batch in distribute.distribute_dataset(self.strategy, dataset,
+                                                 self.batch_size):
         loss, accuracy = (float(v) for v in self.train_step(batch))
         if not math.isfinite(loss):
           raise TrainingDivergedError(
@@ -226,6 +234,7 @@ class Trainer:
             tf.summary.scalar("train/accuracy", accuracy)
         if step % self.config.runtime.checkpoint_every == 0 and step < self.steps_per_epoch:
           self._save()
+        self.preemption.check(self._save, f"epoch {epoch + 1}, step {step}")
       metrics = self.evaluate()
       logging.info("epoch %d/%d: test accuracy %.4f%s", epoch + 1, train.epochs,
                    metrics["accuracy"],
@@ -239,6 +248,7 @@ class Trainer:
       self.state.epoch.assign_add(1)
       self.state.step.assign(0)
       self._save()
+      self.preemption.check(self._save, f"epoch {epoch + 1}")
     writer.flush()
     if not metrics:  # Finished earlier: evaluate the restored weights.
       metrics = self.evaluate()

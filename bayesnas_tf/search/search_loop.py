@@ -33,7 +33,9 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import data as data_lib
+from bayesnas_tf import distribute
 from bayesnas_tf import precision
+from bayesnas_tf import preemption
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
@@ -161,6 +163,7 @@ class BayesNASSearch:
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(self.model_dir, "checkpoints"),
         max_to_keep=cfg.runtime.keep_checkpoints)
+    self.preemption = preemption.Watcher(self.strategy)
     self._step_fns: Dict[str, object] = {}
 
   def _restore(self) -> None:
@@ -283,7 +286,8 @@ class BayesNASSearch:
       logits = net(images, training=False)
       correct = tf.reduce_sum(tf.cast(tf.equal(
           tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
-      return correct, tf.cast(tf.shape(labels)[0], tf.float32)
+      # Padding examples (label -1, distribute.distribute_dataset) never count.
+      return correct, tf.reduce_sum(tf.cast(labels >= 0, tf.float32))
 
     @tf.function(jit_compile=self.config.runtime.jit_compile or None)
     def fn(batch):
@@ -309,7 +313,8 @@ class BayesNASSearch:
           stream=(iteration, phase, epoch), mean=self.mean, std=self.std,
           augment=self.augment[phase], skip_batches=skip)
       dataset = dataset.take(min(spe - skip, total - step))
-      for batch in self.strategy.experimental_distribute_dataset(dataset):
+      for batch in distribute.distribute_dataset(self.strategy, dataset,
+                                                 self.batch_size):
         yield step, batch
         step += 1
 
@@ -320,7 +325,8 @@ class BayesNASSearch:
         std=self.std)
     fn = self.eval_fn()
     correct = count = 0.0
-    for batch in self.strategy.experimental_distribute_dataset(dataset):
+    for batch in distribute.distribute_dataset(
+        self.strategy, dataset, self.config.data.eval_batch_size, pad=True):
       c, n = fn(batch)
       correct += float(c)
       count += float(n)
@@ -361,6 +367,8 @@ class BayesNASSearch:
             tf.summary.scalar("search/group_lasso", penalty)
       if (step + 1) % every == 0 and step + 1 < total:
         self._save()
+      self.preemption.check(self._save, f"iteration {iteration + 1}, "
+                            f"{PHASES[phase]} phase, step {step + 1}")
     accuracy = self.evaluate()
     logging.info("iteration %d, after %s: test accuracy %.4f", iteration + 1,
                  PHASES[phase], accuracy)
@@ -386,6 +394,10 @@ class BayesNASSearch:
       totals = h if totals is None else [a + b for a, b in zip(totals, h)]
       batches += 1
       bar.update(batches)
+      # Nothing has changed since the search phase ended: a checkpoint here
+      # resumes at the start of this update.
+      self.preemption.check(self._save, f"iteration {iteration + 1}, Hessian "
+                            f"batch {batches}")
     if not batches:
       raise ConfigError(
           "no batch is available for the Hessian; lower --batch_size")
@@ -532,6 +544,7 @@ class BayesNASSearch:
       self.state.phase.assign(next_phase)
       self.state.step.assign(0)
       self._save()
+      self.preemption.check(self._save, f"the {PHASES[phase]} phase")
     writer.flush()
     genotype = self._write_outputs()
     accuracy = self.evaluate()

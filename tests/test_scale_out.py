@@ -1,0 +1,152 @@
+"""--strategy=multi_worker_mirrored with two worker processes on 127.0.0.1
+against one process with the same global batch; --strategy=tpu and cluster
+mistakes as one clear line.
+
+Every worker runs the same global input pipeline and keeps its slice of each
+batch, gradients and batch-norm sums are all-reduced, so two workers compute
+what one process computes, up to the order of float32 sums. Tolerances
+(measured on this machine's runs of these flags): gammas rtol 1e-4 (measured
+max 1.2e-7), weights and optimizer state rtol 1e-5 + atol 1e-7 (measured
+max |difference| below 1e-9). Runs are kept to one or two steps per phase:
+over more steps ReLU/max-pool switches turn rounding into differences of the
+size of a step (test_search.py says the same for mirrored).
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bayesnas_tf.genotype import Genotype
+from conftest import run_main
+from scale_out_util import ProcessGroup, local_tf_configs, worker_hosts
+
+# One warm-up step, one joint step, the ggn Hessian of one batch, the update.
+SEARCH_FLAGS = (
+    "--mode=search", "--dataset=digits", "--cells=3", "--channels=4",
+    "--primitives=max,id", "--batch_size=32", "--max_train_examples=64",
+    "--max_eval_examples=64", "--eval_batch_size=24", "--warmup_fraction=0.5",
+    "--warmup_epochs=1", "--search_epochs=1", "--iterations=1",
+    "--lambda_child=0.1", "--learning_rate=0.05", "--arch_learning_rate=0.05",
+    "--crop_padding=1", "--cutout=4", "--hessian_batches=1", "--noprogress",
+)
+# Two steps of one epoch; evaluation in batches of 32 (the last one of 18).
+RETRAIN_FLAGS = (
+    "--mode=retrain", "--genotype=bayesnas_l0.01", "--dataset=digits",
+    "--cells=3", "--channels=4", "--epochs=1", "--batch_size=32",
+    "--max_train_examples=64", "--max_eval_examples=50", "--eval_batch_size=32",
+    "--crop_padding=1", "--cutout=4", "--learning_rate=0.05", "--noprogress",
+)
+
+
+@pytest.fixture
+def group(tmp_path):
+  processes = ProcessGroup(tmp_path)
+  yield processes
+  processes.kill_all()
+
+
+def _gammas(model_dir):
+  posterior = json.loads((pathlib.Path(model_dir) / "posterior.json").read_text())
+  return np.array([g["gamma"] for g in posterior["groups"]])
+
+
+def _assert_only_the_chief_wrote(model_dir):
+  leftovers = [p.name for p in pathlib.Path(model_dir).iterdir()
+               if p.name.startswith("worker_tmp_")]
+  assert not leftovers, leftovers
+
+
+def test_two_workers_search_preempted_and_resumed_matches_one_process(group, tmp_path):
+  # Worker 1 gets SIGTERM once it has loaded the data: through
+  # PreemptionCheckpointHandler both workers stop after the same step, the
+  # chief saves, both exit with 42. Started again (new ports), they finish
+  # as one uninterrupted process does.
+  one, cluster_dir = tmp_path / "one", tmp_path / "cluster"
+  group.start("one", *SEARCH_FLAGS, f"--model_dir={one}")
+  configs = local_tf_configs(2)
+  for index, tf_config in enumerate(configs):
+    group.start(f"w{index}", *SEARCH_FLAGS, f"--model_dir={cluster_dir}",
+                "--strategy=multi_worker_mirrored", env={"TF_CONFIG": tf_config})
+  group.wait_for_text("w1", "Loaded dataset")
+  group.sigterm("w1")
+  assert group.wait("w0", "w1") == [42, 42], group.log("w0")[-3000:]
+  for name in ("w0", "w1"):
+    assert group.last_line(name).startswith("preempted: SIGTERM: stopped after"), (
+        group.log(name)[-2000:])
+  assert list((cluster_dir / "checkpoints").glob("ckpt-*.index"))
+  _assert_only_the_chief_wrote(cluster_dir)
+
+  for index, tf_config in enumerate(local_tf_configs(2)):
+    group.start(f"resumed{index}", *SEARCH_FLAGS, f"--model_dir={cluster_dir}",
+                "--strategy=multi_worker_mirrored", env={"TF_CONFIG": tf_config})
+  assert group.wait("resumed0", "resumed1", "one") == [0, 0, 0], (
+      group.log("resumed0")[-3000:] + group.log("resumed1")[-3000:])
+  assert "resumed from" in group.log("resumed0")
+  assert "the chief writes the outputs" in group.log("resumed1")
+  gammas = _gammas(one)
+  assert len(np.unique(np.round(gammas, 3))) > 10      # not trivially equal
+  np.testing.assert_allclose(_gammas(cluster_dir), gammas, rtol=1e-4)
+  assert Genotype.load(cluster_dir / "genotype.json") == Genotype.load(
+      one / "genotype.json")
+  _assert_only_the_chief_wrote(cluster_dir)
+
+
+def _checkpoint_values(model_dir):
+  reader = tf.train.load_checkpoint(
+      tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
+  return {key: reader.get_tensor(key)
+          for key in reader.get_variable_to_shape_map()
+          if key.startswith(("model/", "optimizer/")) and "save_counter" not in key}
+
+
+def test_two_workers_retrain_matches_one_process(group, tmp_path):
+  one, cluster_dir, exports = tmp_path / "one", tmp_path / "cluster", tmp_path / "exports"
+  group.start("one", *RETRAIN_FLAGS, f"--model_dir={one}", "--export=false")
+  hosts = worker_hosts(2)
+  for index in range(2):
+    group.start(f"w{index}", *RETRAIN_FLAGS, f"--model_dir={cluster_dir}",
+                f"--export_dir={exports}", "--strategy=multi_worker_mirrored",
+                f"--worker_hosts={hosts}", f"--task_index={index}")
+  assert group.wait("w0", "w1", "one") == [0, 0, 0], (
+      group.log("w0")[-3000:] + group.log("w1")[-3000:])
+  want, got = _checkpoint_values(one), _checkpoint_values(cluster_dir)
+  assert sorted(got) == sorted(want) and len(want) > 100
+  for key, value in want.items():
+    np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+  metrics = [json.loads((d / "metrics.json").read_text()) for d in (one, cluster_dir)]
+  assert metrics[0]["examples"] == metrics[1]["examples"] == 50
+  assert metrics[1]["accuracy"] == metrics[0]["accuracy"]
+  assert metrics[1]["loss"] == pytest.approx(metrics[0]["loss"], rel=1e-5)
+  # The chief exported; the other worker's export went to its removed scratch.
+  assert sorted(p.name for p in (exports / "bayesnas_l0.01").iterdir()) == ["1"]
+  _assert_only_the_chief_wrote(cluster_dir)
+
+
+QUICK_SEARCH = [f for f in SEARCH_FLAGS if not f.startswith("--noprogress")]
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (("--strategy=tpu",), {}, "--strategy=tpu found no TPU on this machine"),
+    (("--strategy=multi_worker_mirrored",), {"TF_CONFIG": "{cluster: 1"},
+     "TF_CONFIG is not valid JSON"),
+    (("--strategy=multi_worker_mirrored",),
+     {"TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:2222"]},
+                               "task": {"type": "worker", "index": 3}})},
+     "TF_CONFIG task.index 3 is not in 0..0"),
+    (("--strategy=multi_worker_mirrored", "--worker_hosts=127.0.0.1",
+      "--task_index=0"), {}, "--worker_hosts: '127.0.0.1' is not HOST:PORT"),
+    (("--strategy=mirrored", "--logical_cpu_devices=2", "--batch_size=15"), {},
+     "--batch_size=15 must be divisible by the 2 replicas"),
+])
+def test_bad_cluster_input_is_one_line(tmp_path, args, env, message):
+  model_dir = tmp_path / "run"
+  result = run_main(*QUICK_SEARCH, *args, f"--model_dir={model_dir}",
+                    env=dict(env, CUDA_VISIBLE_DEVICES="-1"))
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and message in last, result.stderr[-2000:]
+  assert not model_dir.exists()
