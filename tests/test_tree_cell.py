@@ -1,6 +1,7 @@
 """Tree cells (PROXYLESS.md 1, 3.3): ops, layers, the tree dependency of the
 prior, derivation, and the gate Hessians of a tree supernet."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -132,19 +133,20 @@ def test_single_gate_scales_the_op_output_and_masks_it():
   assert not edge.alive and np.all(edge(x).numpy() == 0)
 
 
-@pytest.mark.parametrize("spec, kind, fixed, stride, params", [
-    (TREECELL_A, "none", (), 1, 7956),
-    (TREECELL_A, "single", (), 2, 7956 + 15),
-    (proxyless_cell(), "mixed", ("e0", "e1"), 1,
-     9 * 324 + 6 * 18 + 12 * (4 * 324 + 1800) + 96),
+@pytest.mark.parametrize("spec, kind, fixed, stride, channels, params", [
+    (TREECELL_A, "none", (), 1, 18, 7956),
+    (TREECELL_A, "single", (), 2, 18, 7956 + 15),
+    (proxyless_cell(), "mixed", ("e0", "e1"), 1, 6,
+     9 * 36 + 6 * 6 + 12 * (4 * 36 + 600) + 96),
 ])
-def test_tree_cell_layer(spec, kind, fixed, stride, params):
-  out = 32 // stride
+def test_tree_cell_layer(spec, kind, fixed, stride, channels, params):
+  size = 16 if channels > 6 else 8
+  out = size // stride
   cell = testing.run_layer_test(
-      TreeCell, {"cell_spec": spec.to_dict(), "channels": 18, "stride": stride,
-                 "gate_kind": kind, "fixed_edges": list(fixed)},
-      (2, 32, 32, 18), (2, out, out, 18), expected_num_trainable_params=params,
-      atol=1e-4, rtol=1e-4)
+      TreeCell, {"cell_spec": spec.to_dict(), "channels": channels,
+                 "stride": stride, "gate_kind": kind, "fixed_edges": list(fixed)},
+      (2, size, size, channels), (2, out, out, channels),
+      expected_num_trainable_params=params, atol=1e-4, rtol=1e-4)
   assert len(cell.edges) == (0 if kind == "none" else 15 if kind == "single" else 12)
 
 
@@ -266,22 +268,53 @@ def test_prune_cell_is_idempotent_and_supernet_follows_it():
   np.testing.assert_allclose(derived(x).numpy(), net_cell(x).numpy(), atol=1e-5)
 
 
-# --- gate Hessians on a tiny tree supernet -------------------------------------------
-def test_ggn_equals_exact_hessian_on_a_tree_supernet():
-  from bayesnas_tf.models.pyramid_tree import PyramidTreeSuperNet
-  tf.keras.utils.set_random_seed(1)
-  net = PyramidTreeSuperNet(3, "treecell_a", depth_blocks=1, alpha=0, start_planes=2)
-  net.build((None, 4, 4, 3))
+# --- gate Hessians ---------------------------------------------------------------------
+class _OneCellNet(keras.Model):
+  """stem -> one gated TreeCell-A -> head, with the supernet's gate interface."""
+
+  def __init__(self):
+    super().__init__()
+    self.stem = keras.layers.Conv2D(4, 1, name="stem")
+    self.cell = TreeCell(TREECELL_A, 4, gate_kind="single", name="cell")
+    self.head = keras.layers.Dense(3, name="head")
+    self.cells = [self.cell]
+
+  @property
+  def arch_variables(self):
+    return self.cell.gate_variables
+
+  def zero_gate_offsets(self, batch_size):
+    return [tf.zeros([batch_size, 15, 1])]
+
+  def call(self, images, training=None, gate_offsets=None):
+    offsets = None if gate_offsets is None else gate_offsets[0]
+    x = self.cell(self.stem(images), gate_offsets=offsets, training=training)
+    return self.head(tf.reduce_mean(x, axis=[1, 2]))
+
+
+def test_ggn_equals_exact_hessian_on_a_tree_cell():
+  # Single gates scale op outputs, so the logits are multilinear in the gates
+  # (the root's BN + skip adds two terms linear in the same gate) and the
+  # GGN diagonal is the exact Hessian diagonal.
+  keras.utils.set_random_seed(1)
+  net = _OneCellNet()
   images = tf.random.normal([2, 4, 4, 3])
   labels = tf.constant([0, 2])
+  net(images)
   ggn = hessian_lib.gate_hessian(net, images, labels, "ggn")
   exact = hessian_lib.gate_hessian(net, images, labels, "exact")
-  assert [tuple(g.shape) for g in ggn] == [(15, 1)] * 3
-  for a, b in zip(ggn, exact):
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-3, atol=1e-7)
-  mixed = PyramidTreeSuperNet(3, "proxyless", depth_blocks=1, alpha=0, start_planes=2)
-  mixed.build((None, 4, 4, 3))
-  mc = hessian_lib.gate_hessian(mixed, images, labels, "ggn_mc",
-                                tf.constant([0, 1], tf.int64))
-  assert [tuple(g.shape) for g in mc] == [(12, 8)] * 3
-  assert all(np.all(np.isfinite(g.numpy())) and np.all(g.numpy() >= 0) for g in mc)
+  assert [tuple(g.shape) for g in ggn] == [(15, 1)]
+  np.testing.assert_allclose(ggn[0].numpy(), exact[0].numpy(), rtol=2e-3, atol=1e-7)
+
+
+def test_supernet_gate_hessians_have_the_prior_layout():
+  # Reading B's supernet (reading A's runs in test_proxyless_search.py).
+  from bayesnas_tf.models.pyramid_tree import PyramidTreeSuperNet
+  net = PyramidTreeSuperNet(3, "proxyless", depth_blocks=1, alpha=0, start_planes=2)
+  net.build((None, 4, 4, 3))
+  hessians = hessian_lib.gate_hessian(net, tf.random.normal([2, 4, 4, 3]),
+                                      tf.constant([0, 1]), "ggn_mc",
+                                      tf.constant([0, 1], tf.int64))
+  assert [tuple(h.shape) for h in hessians] == [(12, 8)] * 3
+  assert all(np.all(np.isfinite(h.numpy())) and np.all(h.numpy() >= 0)
+             for h in hessians)
