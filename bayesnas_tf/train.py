@@ -130,11 +130,16 @@ class Trainer:
           # Coupled weight decay on every weight (PyTorch/DARTS semantics).
           loss += 0.5 * train.weight_decay * tf.add_n(
               [tf.reduce_sum(tf.square(v)) for v in variables]) / replicas
+      # Clipping of the all-reduced gradient (Keras clips each replica's
+      # own before it all-reduces; distribute.clip_summed_gradients).
       if self.loss_scale is None:
-        grads = tape.gradient(loss, variables)
+        grads = distribute.clip_summed_gradients(
+            tape.gradient(loss, variables), train.grad_clip)
         self.optimizer.apply_gradients(zip(grads, variables))
       else:
-        grads = tape.gradient(self.loss_scale.scale(loss), variables)
+        grads = distribute.clip_summed_gradients(
+            tape.gradient(self.loss_scale.scale(loss), variables),
+            train.grad_clip and train.grad_clip * self.loss_scale.scale_value)
         self.loss_scale.apply([(self.optimizer, grads, variables)])
       correct = tf.reduce_sum(tf.cast(tf.equal(
           tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))

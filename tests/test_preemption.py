@@ -1,6 +1,7 @@
 """SIGTERM (a cloud scheduler's preemption notice) during a run: the current
 step ends, a checkpoint is written, one line is printed and the process
 exits with 42; the same command resumes and ends as an uninterrupted run.
+(Retrain/transfer: test_scale_out.py preempts its one-process reference.)
 
 The signal is sent once the run has loaded its data, before its first step,
 so the first safe point (after step 1 of a 2-step epoch) is where it stops:
@@ -16,7 +17,7 @@ import pytest
 
 from bayesnas_tf.errors import PREEMPTED_EXIT_CODE
 from bayesnas_tf.genotype import Genotype
-from scale_out_util import ProcessGroup
+from scale_out_util import ProcessGroup, worker_hosts
 
 # Warm-up: 2 steps of 32; search: 2 steps; no periodic checkpoint, so
 # ckpt-1 can only be the preemption's.
@@ -28,13 +29,6 @@ SEARCH_FLAGS = (
     "--learning_rate=0.05", "--arch_learning_rate=0.05", "--crop_padding=1",
     "--cutout=4", "--hessian_batches=1", "--checkpoint_every=100", "--noprogress",
 )
-RETRAIN_FLAGS = (
-    "--mode=retrain", "--genotype=bayesnas_l0.01", "--dataset=digits",
-    "--cells=3", "--channels=4", "--epochs=1", "--batch_size=32",
-    "--max_train_examples=64", "--max_eval_examples=50", "--crop_padding=1",
-    "--cutout=4", "--learning_rate=0.05", "--checkpoint_every=100",
-    "--noprogress", "--export=false",
-)
 
 
 @pytest.fixture
@@ -44,9 +38,9 @@ def group(tmp_path):
   processes.kill_all()
 
 
-def _checkpoints(model_dir):
+def _checkpoints(directory):
   return sorted(int(p.name[len("ckpt-"):-len(".index")])
-                for p in (pathlib.Path(model_dir) / "checkpoints").glob("ckpt-*.index"))
+                for p in pathlib.Path(directory).glob("ckpt-*.index"))
 
 
 def _preempt_then_resume(group, flags, model_dir, reference_dir):
@@ -57,7 +51,7 @@ def _preempt_then_resume(group, flags, model_dir, reference_dir):
   assert group.wait("preempted") == [PREEMPTED_EXIT_CODE], group.log("preempted")[-3000:]
   last = group.last_line("preempted")
   assert "Traceback" not in group.log("preempted")
-  assert _checkpoints(model_dir) == [1]            # after step 1, nothing else
+  assert _checkpoints(model_dir / "checkpoints") == [1]  # after step 1 only
   group.start("resumed", *flags, f"--model_dir={model_dir}")
   assert group.wait("resumed", "reference") == [0, 0], group.log("resumed")[-3000:]
   assert "resumed from" in group.log("resumed")
@@ -76,10 +70,55 @@ def test_sigterm_mid_epoch_search_resumes_to_the_same_genotype(group, tmp_path):
   np.testing.assert_allclose(gammas[0], gammas[1], rtol=1e-6)
 
 
-def test_sigterm_mid_epoch_retrain_resumes_to_the_same_model(group, tmp_path):
-  model_dir, reference = tmp_path / "run", tmp_path / "reference"
-  last = _preempt_then_resume(group, RETRAIN_FLAGS, model_dir, reference)
-  assert last.startswith("preempted: SIGTERM: stopped after epoch 1, step 1 and")
-  got, want = (json.loads((d / "metrics.json").read_text()) for d in (model_dir, reference))
-  assert got["accuracy"] == want["accuracy"]
-  assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
+def _user_cnn(path):
+  """A small user model with batch norm (pretraining is skipped)."""
+  import keras
+  keras.utils.set_random_seed(0)
+  keras.Sequential([
+      keras.Input((8, 8, 1)), keras.layers.Conv2D(6, 3, padding="same", name="c1"),
+      keras.layers.BatchNormalization(name="b1"), keras.layers.ReLU(name="r1"),
+      keras.layers.MaxPooling2D(2, name="p1"), keras.layers.Flatten(name="f"),
+      keras.layers.Dense(12, activation="relu", name="h"),
+      keras.layers.Dense(10, name="out")], name="user_cnn").save(path)
+
+
+def test_compress_preempted_twice_and_two_workers_match_one_process(group, tmp_path):
+  # One run stops mid-epoch in round 1 and again in fine-tuning (both at
+  # step 1: the signal comes while the epoch's first step is traced) and is
+  # resumed; two workers (global-batch statistics in the model's Keras
+  # BatchNormalization) run through. Both end with the report of one
+  # uninterrupted process.
+  _user_cnn(tmp_path / "user_cnn.keras")
+  flags = ("--mode=compress", "--dataset=digits", "--batch_size=32",
+           "--max_train_examples=128", "--iterations=1", "--epochs_per_iteration=1",
+           "--finetune_epochs=1", "--learning_rate=0.05", "--lambda_group=0.01",
+           "--hessian_batches=1", "--prune_threshold=0.05", "--noprogress",
+           "--export=false", f"--base_model={tmp_path / 'user_cnn.keras'}")
+  reference, model_dir, cluster_dir = (tmp_path / name for name in ("reference", "run", "cluster"))
+  hosts = worker_hosts(2)
+  for index in range(2):
+    group.start(f"w{index}", *flags, f"--model_dir={cluster_dir}",
+                "--strategy=multi_worker_mirrored", f"--worker_hosts={hosts}",
+                f"--task_index={index}")
+  group.start("reference", *flags, f"--model_dir={reference}")
+  for name, phase in (("round", "round1"), ("finetune", "finetune")):
+    group.start(name, *flags, f"--model_dir={model_dir}")
+    group.wait_for_text(name, f"{phase} epoch 1/1")
+    group.sigterm(name)
+    assert group.wait(name) == [PREEMPTED_EXIT_CODE], group.log(name)[-3000:]
+    assert group.last_line(name).startswith(
+        f"preempted: SIGTERM: stopped after {phase} epoch 1, step 1 and saved")
+  assert _checkpoints(model_dir / "checkpoints" / "finetune") == [5]
+  group.start("resumed", *flags, f"--model_dir={model_dir}")
+  assert group.wait("resumed", "reference", "w0", "w1") == [0, 0, 0, 0], (
+      group.log("resumed")[-3000:] + group.log("w0")[-3000:])
+  assert "resumed fine-tuning at epoch 1, step 1" in group.log("resumed")
+  want = json.loads((reference / "compression.json").read_text())
+  for run in (model_dir, cluster_dir):
+    got = json.loads((run / "compression.json").read_text())
+    for key in ("params_after", "flops_after", "accuracy_before", "accuracy_pruned",
+                "accuracy_finetuned", "layers"):
+      assert got[key] == want[key], (run, key)
+    assert got["rounds"][0]["kept_units"] == want["rounds"][0]["kept_units"]
+    for name, median in want["rounds"][0]["gamma_median"].items():
+      assert got["rounds"][0]["gamma_median"][name] == pytest.approx(median, rel=1e-5)

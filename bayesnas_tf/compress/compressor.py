@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from bayesnas_tf import distribute
 from bayesnas_tf import precision
+from bayesnas_tf import preemption
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.compress import structure
@@ -71,6 +72,10 @@ class CompressState(tf.Module):
     self.rounds_done = tf.Variable(0, dtype=tf.int64, trainable=False)
     self.accuracy_before = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
     self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    # Where the current training phase (pretraining, a round's epochs,
+    # fine-tuning) is, so a preempted run resumes mid-epoch.
+    self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
 
 
 def save_keras_atomic(model: keras.Model, path: str) -> None:
@@ -129,18 +134,27 @@ class Compressor:
                                           trainable=False, name=f"kernel_mask_{w}")
                            for w in self.chain.weighted}
       self.state = CompressState()
+      # One SGD for the base model's phases, its momentum cleared when a
+      # phase starts (as a new optimizer's would be); checkpointed, so a
+      # preempted phase resumes with it.
+      self.optimizer = keras.optimizers.SGD(learning_rate=self.cfg.learning_rate,
+                                            momentum=self.cfg.momentum)
+      self.optimizer.build(self.model.trainable_variables)
       self.loss_scale = precision.make_loss_scale(config.runtime.dtype_policy)
       self._bn_momentum = tf.Variable(0.0, trainable=False, name="bn_recalibration_momentum")
     self.kernels = {w: self.chain.kernel(w) for w in self.chain.weighted}
     self.group_layers = sorted({s.layer_index for s in self.group_sets})
     self.checkpoint = tf.train.Checkpoint(
         model=variables_by_path(self.model), prior=self.prior, state=self.state,
+        optimizer=self.optimizer,
         unit_masks={str(k): v for k, v in self.unit_masks.items()},
         kernel_masks={str(k): v for k, v in self.kernel_masks.items()})
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(self.model_dir, "checkpoints"), max_to_keep=2)
     self.writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
     self._eval_steps: Dict[str, Callable] = {}
+    self.preemption = preemption.Watcher(strategy)
+    distribute.synchronize_batch_norm(self.model, strategy)
 
   def _base_model(self) -> keras.Model:
     with precision.policy_scope(self.config.runtime.dtype_policy):
@@ -213,7 +227,8 @@ class Compressor:
       logits = tf.cast(forward(images, False), tf.float32)
       correct = tf.reduce_sum(tf.cast(tf.equal(
           tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
-      return correct, tf.cast(tf.shape(labels)[0], tf.float32)
+      # Padding examples (label -1, distribute.distribute_dataset) never count.
+      return correct, tf.reduce_sum(tf.cast(labels >= 0, tf.float32))
 
     @tf.function(reduce_retracing=True)  # The last batch is smaller.
     def step(batch):
@@ -229,23 +244,29 @@ class Compressor:
     step = self._eval_steps[key]
     correct = count = 0.0
     dataset = self.data.test(batch_size=self.config.data.eval_batch_size)
-    for batch in self.strategy.experimental_distribute_dataset(dataset):
+    for batch in distribute.distribute_dataset(
+        self.strategy, dataset, self.config.data.eval_batch_size, pad=True):
       c, n = step(batch)
       correct += float(c)
       count += float(n)
     return correct / max(count, 1.0)
 
   def _train_epochs(self, label: str, step_fn, epochs: int, first_stream: int,
-                    optimizer, lr_at: Callable[[int], float]) -> None:
-    for epoch in range(epochs):
+                    optimizer, lr_at: Callable[[int], float],
+                    save: Callable[[], None]) -> None:
+    """The phase's epochs from the position in `state` on; `save` writes
+    the checkpoint that a preemption after any step resumes from."""
+    for epoch in range(int(self.state.epoch.numpy()), epochs):
+      start = int(self.state.step.numpy())
       optimizer.learning_rate.assign(lr_at(epoch))
       dataset = self.data.train(batch_size=self.batch_size, seed=self.config.runtime.seed,
-                                epoch=first_stream + epoch)
+                                epoch=first_stream + epoch, skip_batches=start)
       bar = keras.utils.Progbar(
           self.steps_per_epoch, verbose=1 if self.config.runtime.progress else 0,
           stateful_metrics=["loss", "acc", "lasso"], unit_name="step")
       logging.info("%s epoch %d/%d, lr %.5f", label, epoch + 1, epochs, lr_at(epoch))
-      for index, batch in enumerate(self.strategy.experimental_distribute_dataset(dataset)):
+      for index, batch in enumerate(distribute.distribute_dataset(
+          self.strategy, dataset, self.batch_size), start=start):
         ce, accuracy, lasso = (float(v) for v in step_fn(batch))
         if not math.isfinite(ce + lasso):
           raise TrainingDivergedError(
@@ -253,6 +274,7 @@ class Compressor:
               f"or --lambda_group and start a new --model_dir ({self.model_dir} "
               "keeps its last good checkpoint)")
         self.state.global_step.assign_add(1)
+        self.state.step.assign(index + 1)
         bar.update(index + 1, [("loss", ce), ("acc", accuracy), ("lasso", lasso)])
         global_step = int(self.state.global_step.numpy())
         if global_step % 20 == 0:
@@ -261,6 +283,25 @@ class Compressor:
             tf.summary.scalar(f"{label}/accuracy", accuracy)
             if lasso:
               tf.summary.scalar(f"{label}/group_lasso", lasso)
+        self.preemption.check(save, f"{label} epoch {epoch + 1}, step {index + 1}")
+      self.state.epoch.assign(epoch + 1)
+      self.state.step.assign(0)
+
+  def _save(self) -> None:
+    """A checkpoint inside a phase (rounds end with checkpoint `round`)."""
+    self.manager.save(checkpoint_number=int(self.state.global_step.numpy()))
+
+  def _end_phase(self) -> None:
+    self.state.epoch.assign(0)
+    self.state.step.assign(0)
+
+  def _base_optimizer(self) -> keras.optimizers.Optimizer:
+    """The base model's SGD: momentum cleared when a phase starts, kept when
+    a preempted phase resumes."""
+    if int(self.state.epoch.numpy()) == 0 and int(self.state.step.numpy()) == 0:
+      for momentum in self.optimizer.momentums:
+        momentum.assign(tf.zeros_like(momentum))
+    return self.optimizer
 
   def _optimizer(self, variables) -> keras.optimizers.Optimizer:
     with self.strategy.scope():
@@ -277,17 +318,20 @@ class Compressor:
     cfg = self.cfg
     if self.cfg.base_model is None and cfg.pretrain_epochs:
       variables = self.model.trainable_variables
-      optimizer = self._optimizer(variables)
+      optimizer = self._base_optimizer()
       step = self._train_step_fn(lambda x, t: self.model(x, training=t), variables, optimizer)
       self._train_epochs("pretrain", step, cfg.pretrain_epochs, 0, optimizer,
                          self._cosine(cfg.pretrain_epochs,
-                                      cfg.pretrain_learning_rate or cfg.learning_rate))
+                                      cfg.pretrain_learning_rate or cfg.learning_rate),
+                         self._save)
       save_keras_atomic(self.model, os.path.join(self.model_dir, BASE_MODEL_FILE))
     accuracy = self.evaluate(lambda x, t: self.model(x, training=t), "base")
     logging.info("base model: test accuracy %.4f", accuracy)
     self.state.accuracy_before.assign(accuracy)
     self.state.pretrained.assign(True)
+    self._end_phase()
     self.manager.save(checkpoint_number=0)
+    self.preemption.check(self._save, "pretraining")
 
   def hessians(self, round_index: int) -> Dict[int, tf.Tensor]:
     """Kernel (and BN) Hessian diagonals, batch sums averaged over
@@ -311,11 +355,15 @@ class Compressor:
                               epoch=_HESSIAN_STREAM + round_index).take(cfg.hessian_batches)
     totals, batches = None, 0
     for batch_index, (images, _) in enumerate(
-        self.strategy.experimental_distribute_dataset(dataset)):
+        distribute.distribute_dataset(self.strategy, dataset, self.batch_size)):
       seed = tf.constant([self.config.runtime.seed, 1000 * round_index + batch_index], tf.int64)
       h = step(images, seed)
       totals = h if totals is None else [a + b for a, b in zip(totals, h)]
       batches += 1
+      # The round's epochs are done and nothing else has changed yet: a
+      # checkpoint here resumes at this Hessian.
+      self.preemption.check(self._save, f"round {round_index + 1}, Hessian "
+                            f"batch {batches}")
     return {i: tf.cast(h, tf.float64) / batches for i, h in zip(tapped, totals)}
 
   def _apply_pruning(self) -> Dict[str, int]:
@@ -391,7 +439,8 @@ class Compressor:
     try:
       for bn in bns:  # Read inside the traced step; restored below.
         bn.momentum = self._bn_momentum
-      for k, (images, _) in enumerate(strategy.experimental_distribute_dataset(dataset)):
+      for k, (images, _) in enumerate(
+          distribute.distribute_dataset(strategy, dataset, self.batch_size)):
         self._bn_momentum.assign(k / (k + 1.0))
         step(images)
     finally:
@@ -402,7 +451,7 @@ class Compressor:
   def _round(self, round_index: int, history: List[dict]) -> None:
     cfg = self.cfg
     variables = self.model.trainable_variables
-    optimizer = self._optimizer(variables)
+    optimizer = self._base_optimizer()
     masks = [(self.kernels[w], self.kernel_masks[w]) for w in self.chain.weighted]
     for p, bn in self.chain.bn_after.items():
       layer = self.chain.layers[bn]
@@ -413,7 +462,8 @@ class Compressor:
         masks=masks)
     first_stream = cfg.pretrain_epochs + round_index * cfg.epochs_per_iteration
     self._train_epochs(f"round{round_index + 1}", step, cfg.epochs_per_iteration,
-                       first_stream, optimizer, lambda epoch: cfg.learning_rate)
+                       first_stream, optimizer, lambda epoch: cfg.learning_rate,
+                       self._save)
     logging.info("round %d/%d: %s Hessian over %d batch(es)", round_index + 1,
                  cfg.iterations, cfg.hessian, cfg.hessian_batches)
     hessians = self.hessians(round_index)
@@ -440,7 +490,9 @@ class Compressor:
     })
     atomic_write_text(os.path.join(self.model_dir, ROUNDS_FILE), json.dumps(history, indent=2))
     self.state.rounds_done.assign(round_index + 1)
+    self._end_phase()
     self.manager.save(checkpoint_number=round_index + 1)
+    self.preemption.check(self._save, f"round {round_index + 1}")
 
   def _finetune(self, slim: keras.Model) -> None:
     cfg = self.cfg
@@ -448,10 +500,22 @@ class Compressor:
       return
     variables = slim.trainable_variables
     optimizer = self._optimizer(variables)
+    # The slim model exists only from here on: fine-tuning has its own
+    # checkpoint (written when preempted), with the position in `state`.
+    checkpoint = tf.train.Checkpoint(model=variables_by_path(slim),
+                                     optimizer=optimizer, state=self.state)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(self.model_dir, "checkpoints", "finetune"),
+        max_to_keep=1)
+    if restore_latest(checkpoint, manager):
+      logging.info("resumed fine-tuning at epoch %d, step %d",
+                   int(self.state.epoch.numpy()) + 1, int(self.state.step.numpy()))
     step = self._train_step_fn(lambda x, t: slim(x, training=t), variables, optimizer)
     first_stream = cfg.pretrain_epochs + cfg.iterations * cfg.epochs_per_iteration
     self._train_epochs("finetune", step, cfg.finetune_epochs, first_stream, optimizer,
-                       self._cosine(cfg.finetune_epochs, cfg.learning_rate))
+                       self._cosine(cfg.finetune_epochs, cfg.learning_rate),
+                       lambda: manager.save(
+                           checkpoint_number=int(self.state.global_step.numpy())))
 
   def _check_slim_equivalence(self, slim: keras.Model) -> float:
     images, _ = next(iter(self.data.test(batch_size=min(64, self.data.num_test))))
@@ -478,7 +542,9 @@ class Compressor:
       self._pretrain()
     chain = self.chain
     params_before, flops_before = structure.count_params_and_macs(chain)
-    if int(self.state.rounds_done.numpy()) == 0:
+    if int(self.state.rounds_done.numpy()) == 0 and not (
+        int(self.state.epoch.numpy()) or int(self.state.step.numpy())):
+      # Before round 1 starts (a preempted round 1 restored its scales).
       self.prior.set_scales(self.group_tensors())
     for round_index in range(int(self.state.rounds_done.numpy()), cfg.iterations):
       self._round(round_index, history)
@@ -487,6 +553,7 @@ class Compressor:
     accuracy_pruned = self.evaluate(self.masked_forward, "masked")
     with self.strategy.scope():  # Its variables are trained under the strategy.
       slim = structure.slim_model(chain, unit_masks, shape_masks)
+    distribute.synchronize_batch_norm(slim, self.strategy)
     difference = self._check_slim_equivalence(slim)
     logging.info("slim model: max |logit difference| to the masked model %.2e", difference)
     self._finetune(slim)

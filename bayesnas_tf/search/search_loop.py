@@ -222,7 +222,13 @@ class BayesNASSearch:
       # variables in a float16 graph).
       grads = [tf.zeros_like(v) if g is None else g for v, g in zip(
           variables, tape.gradient(target, variables))]
-      updates = [(self.weight_optimizer, grads[:len(weight_vars)], weight_vars)]
+      # Clipping of the all-reduced gradient (Keras clips each replica's
+      # own before it all-reduces; distribute.clip_summed_gradients).
+      clip = search.grad_clip
+      if clip and self.loss_scale is not None:
+        clip = clip * self.loss_scale.scale_value
+      updates = [(self.weight_optimizer, distribute.clip_summed_gradients(
+          grads[:len(weight_vars)], clip), weight_vars)]
       if train_gates:
         updates.append(
             (self.arch_optimizer, grads[len(weight_vars):], arch_vars))
