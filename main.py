@@ -50,7 +50,12 @@ flags.DEFINE_bool("recompute_cells", None,
                   "about one more forward pass per step).")
 flags.DEFINE_integer("checkpoint_every", None, "Steps between checkpoints.")
 flags.DEFINE_integer("keep_checkpoints", None, "Checkpoints to keep.")
-flags.DEFINE_bool("progress", None, "Show progress bars.")
+flags.DEFINE_bool("progress", None,
+                  "Show progress bars when stdout is a terminal (otherwise "
+                  "plain log lines every --log_every steps).")
+flags.DEFINE_integer("log_every", None,
+                     "Steps between progress log lines when no bar is shown "
+                     "(0 = only at the end of each epoch/phase).")
 
 # --- data -----------------------------------------------------------------
 flags.DEFINE_string("dataset", None,
@@ -164,24 +169,15 @@ flags.DEFINE_string("model_name", None,
                     "Folder of the exported model (default: the genotype name).")
 
 def build_config() -> config_lib.ExperimentConfig:
-  """Flags -> frozen, validated config; unset flags keep the mode defaults.
+  """Flags -> frozen, validated config; unset flags keep the defaults of the
+  mode (and of its dataset, e.g. the quick-start sizes of digits).
 
-  A flag sets the field of that name in every section that has one (e.g.
-  --learning_rate in both the search and the training section); each mode
-  reads only its own sections.
+  `config_lib.config_from_values` maps the names to sections, the same
+  mapping the Python API (`bayesnas_tf.search(...)`) uses.
   """
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  config = config_lib.default_config(FLAGS.mode)
-  sections = {}
-  for section in config_lib.SECTIONS:
-    current = getattr(config, section)
-    values = {}
-    for field in dataclasses.fields(current):
-      if field.name in FLAGS and FLAGS[field.name].value is not None:
-        value = FLAGS[field.name].value
-        values[field.name] = tuple(value) if isinstance(value, list) else value
-    sections[section] = dataclasses.replace(current, **values)
-  return dataclasses.replace(config, **sections).validate()
+  values = {name: FLAGS[name].value for name in config_lib.option_names()
+            if name in FLAGS and FLAGS[name].value is not None}
+  return config_lib.config_from_values(FLAGS.mode, values)
 
 
 def main(argv):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.ops import PRIMITIVES, PRUNE_THRESHOLD, check_primitives
@@ -209,7 +209,9 @@ class RuntimeConfig:
       memory, same numbers; recompute.py).
     checkpoint_every: steps between checkpoints (phase ends always save).
     keep_checkpoints: how many checkpoints to keep.
-    progress: show progress bars.
+    progress: show progress bars (only when stdout is a terminal).
+    log_every: steps between plain progress log lines when no bar is shown
+      (0: one line at the end of each phase only).
     tpu: --strategy=tpu: a TPU name or grpc:// address ("": this TPU VM).
     worker_hosts, task_index: --strategy=multi_worker_mirrored without
       TF_CONFIG: "host1:port1,host2:port2" and this worker's index in it.
@@ -225,6 +227,7 @@ class RuntimeConfig:
   checkpoint_every: int = 100
   keep_checkpoints: int = 2
   progress: bool = True
+  log_every: int = 50
   tpu: str = ""
   worker_hosts: str = ""
   task_index: int = 0
@@ -238,6 +241,7 @@ class RuntimeConfig:
     _positive("seed", self.seed, allow_zero=True)
     _positive("checkpoint_every", self.checkpoint_every)
     _positive("keep_checkpoints", self.keep_checkpoints)
+    _positive("log_every", self.log_every, allow_zero=True)
     _positive("task_index", self.task_index, allow_zero=True)
     if self.tpu and self.strategy != "tpu":
       raise ConfigError(f"--tpu={self.tpu} needs --strategy=tpu")
@@ -589,3 +593,118 @@ def default_config(mode: str) -> ExperimentConfig:
   if mode == "export":
     return ExperimentConfig(mode=mode, runtime=RuntimeConfig(model_dir="runs/retrain"))
   return ExperimentConfig(mode=mode)
+
+
+# --- configs from {option name: value} ------------------------------------
+# The sizes the embedded digits bring as their defaults for a mode; any flag,
+# flag file or keyword argument still overrides them. The paper's CIFAR-10
+# settings (8 cells, C = 36, batch 18, one epoch, cutout 16) leave a
+# supernet at chance on 1,438 8x8 digits with nothing pruned, so a search on
+# digits (README command 1, and a bare `--mode=search`) runs a small supernet
+# long enough to train it and to shrink the gates of unhelpful ops; the
+# measured figures are in the README. No flips (a mirrored digit is another
+# glyph) and no cutout (4 pixels of 8 remove a quarter of the digit).
+DATASET_DEFAULTS: Dict[Tuple[str, str], Dict[str, Any]] = {
+    ("search", "digits"): {
+        "model_dir": "runs/quickstart", "cells": 5, "channels": 8,
+        "batch_size": 32, "crop_padding": 1, "flip": False, "cutout": 0,
+        "learning_rate": 0.05, "arch_learning_rate": 0.1, "lambda_child": 0.05,
+        "warmup_fraction": 0.2, "warmup_epochs": 2, "search_epochs": 3,
+        "iterations": 1, "hessian_batches": 4, "checkpoint_every": 20,
+        "log_every": 20,
+    },
+    # A small network of the found (or a released) cell, a minute or two of
+    # training on 2 CPU cores.
+    ("retrain", "digits"): {
+        "model_dir": "runs/retrain_digits", "cells": 5, "channels": 16,
+        "epochs": 10, "batch_size": 64, "learning_rate": 0.05,
+        "crop_padding": 1, "flip": False, "cutout": 0, "drop_prob": 0.1,
+        "log_every": 20,
+    },
+}
+
+
+def option_names() -> Tuple[str, ...]:
+  """Every field of every section: the names of the flags of main.py and of
+  the keyword arguments of `bayesnas_tf.api` that set them."""
+  names = set()
+  for section_cls in SECTIONS.values():
+    names.update(f.name for f in dataclasses.fields(section_cls))
+  return tuple(sorted(names))
+
+
+def _field_annotations() -> Dict[str, str]:
+  return {f.name: str(f.type) for section_cls in SECTIONS.values()
+          for f in dataclasses.fields(section_cls)}
+
+
+def _checked_value(name: str, annotation: str, value):
+  """`value` as the field type `annotation` wants, as a flag would parse it;
+  raises ConfigError naming the option otherwise."""
+  optional = annotation.startswith("Optional[")
+  kind = annotation[len("Optional["):-1] if optional else annotation
+  if value is None and optional:
+    return None
+  if kind.startswith("Tuple["):
+    if isinstance(value, str):  # "sep3,max" as the list flag takes it.
+      value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+      return tuple(value)
+    expected = "a list of names"
+  elif kind == "bool":
+    if isinstance(value, bool):
+      return value
+    expected = "True or False"
+  elif kind == "int":
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+    expected = "an integer"
+  elif kind == "float":
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return float(value)
+    expected = "a number"
+  else:  # str
+    if isinstance(value, str):
+      return value
+    expected = "a string"
+  raise ConfigError(f"--{name} must be {expected}"
+                    f"{' (or None)' if optional else ''}; received {name}={value!r}")
+
+
+def config_from_values(mode: str, values: Mapping[str, Any],
+                       base: Optional[ExperimentConfig] = None) -> ExperimentConfig:
+  """{option name: value} -> the frozen, validated configuration of `mode`.
+
+  The one mapping from flat option names to config sections, used by
+  main.py (the flags that were set) and by `bayesnas_tf.api` (keyword
+  arguments). Layers, each overriding the one before: the mode's defaults
+  (`default_config`), the dataset's defaults for the mode
+  (`DATASET_DEFAULTS`), then `values`. A name sets the field of that name in
+  every section that has one (e.g. learning_rate in both the search and the
+  training section); each mode reads only its own sections. A None value
+  leaves the field to the layers below, as an unset flag does. With `base`
+  (a config of `mode`), `values` apply on top of it instead of the layers.
+
+  Raises:
+    ConfigError: an unknown name, a value of the wrong type, or a value the
+      sections' `validate` rejects; the message names the option.
+  """
+  _choice("mode", mode, MODES)
+  annotations = _field_annotations()
+  unknown = sorted(set(values) - set(annotations))
+  if unknown:
+    raise ConfigError(
+        f"unknown option(s) {', '.join(unknown)}; the options are the flags of "
+        "main.py (python main.py --helpfull)")
+  config = default_config(mode) if base is None else base
+  given = {name: value for name, value in values.items() if value is not None}
+  dataset = given.get("dataset", config.data.dataset)
+  layered = dict(given) if base is not None else {
+      **DATASET_DEFAULTS.get((mode, dataset), {}), **given}
+  sections = {}
+  for section in SECTIONS:
+    current = getattr(config, section)
+    updates = {f.name: _checked_value(f.name, annotations[f.name], layered[f.name])
+               for f in dataclasses.fields(current) if f.name in layered}
+    sections[section] = dataclasses.replace(current, **updates)
+  return dataclasses.replace(config, **sections).validate()

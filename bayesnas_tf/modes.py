@@ -7,9 +7,11 @@ SavedModel; each mode reads what an earlier one wrote and never re-derives it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import time
 from typing import Callable, Dict, Optional
 
 from absl import logging
@@ -23,6 +25,7 @@ from bayesnas_tf import distribute
 from bayesnas_tf import export as export_lib
 from bayesnas_tf import preemption
 from bayesnas_tf import precision
+from bayesnas_tf import results
 from bayesnas_tf import run_dir
 from bayesnas_tf import streaming_data
 from bayesnas_tf.checkpointing import restore_latest
@@ -221,7 +224,8 @@ def run_training(config: ExperimentConfig, flags_text: str = ""):
     warm_start_cells(model, config.train.warm_start)
   result = trainer.run()
   if config.export.export:
-    export_model(model, config, genotype)
+    result = dataclasses.replace(
+        result, export_path=export_model(model, config, genotype))
   return result
 
 
@@ -257,7 +261,6 @@ def run_export(config: ExperimentConfig, flags_text: str = "") -> str:
     raise CheckpointMismatchError(
         f"{model_dir} holds no checkpoint to export; train it first")
   # The export flags of this invocation; the trained run's for the rest.
-  import dataclasses  # pylint: disable=g-import-not-at-top
   trained = dataclasses.replace(trained, export=config.export,
                                 runtime=config.runtime)
   return export_model(model, trained, genotype)
@@ -310,10 +313,10 @@ def run_compress(config: ExperimentConfig, flags_text: str = ""):
   run_dir.write_run_files(config, flags_text)
   result = job.run()
   if config.export.export:
-    export_lib.export_saved_model(
+    result = dataclasses.replace(result, export_path=export_lib.export_saved_model(
         result.slim_model, export_dir=config.export.export_dir,
         model_name=compressed_model_name(config), image_shape=data.image_shape,
-        mean=data.mean, std=data.std, class_names=data.class_names)
+        mean=data.mean, std=data.std, class_names=data.class_names))
   return result
 
 
@@ -352,10 +355,16 @@ def run(config: ExperimentConfig, flags_text: str = ""):
     raise ConfigError(
         f"unknown --mode={config.mode}; valid modes are {', '.join(MODES)}") from None
   logging.info("mode %s, model_dir %s", config.mode, config.runtime.model_dir)
+  start = time.monotonic()
   # SIGTERM checkpoints and stops the run (preemption.py); a worker other
   # than the chief writes into a scratch folder of its own (cluster.py).
   with preemption.sigterm_handler(), cluster.worker_outputs(config) as config:
-    return mode_fn(config, flags_text)
+    result = mode_fn(config, flags_text)
+    # The final figures for scripts (results.py), after the mode succeeded.
+    path = results.write_result(config, result, time.monotonic() - start)
+  logging.info("%s finished in %.0f s; figures in %s", config.mode,
+               time.monotonic() - start, path)
+  return result
 
 
 def summary(config: ExperimentConfig) -> Dict[str, int]:

@@ -29,6 +29,7 @@ import tensorflow as tf
 from bayesnas_tf import distribute
 from bayesnas_tf import precision
 from bayesnas_tf import preemption
+from bayesnas_tf import progress
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
@@ -43,6 +44,8 @@ class TrainResult:
   test_top5: Optional[float]
   epochs: int
   metrics_path: str
+  # The SavedModel version written at the end (modes.run_training), if any.
+  export_path: Optional[str] = None
 
 
 class TrainState(tf.Module):
@@ -138,7 +141,7 @@ class Trainer:
         self.optimizer.apply_gradients(zip(grads, variables))
       else:
         grads = distribute.clip_summed_gradients(
-            tape.gradient(self.loss_scale.scale(loss), variables),
+            self.loss_scale.gradient(tape, loss, variables),
             train.grad_clip and train.grad_clip * self.loss_scale.scale_value)
         self.loss_scale.apply([(self.optimizer, grads, variables)])
       correct = tf.reduce_sum(tf.cast(tf.equal(
@@ -215,9 +218,9 @@ class Trainer:
       dataset = self.data.train(batch_size=self.batch_size,
                                 seed=self.config.runtime.seed, epoch=epoch,
                                 skip_batches=start)
-      bar = keras.utils.Progbar(
-          self.steps_per_epoch, verbose=1 if self.config.runtime.progress else 0,
-          stateful_metrics=["loss", "acc"], unit_name="step")
+      bar = progress.for_runtime(
+          self.config.runtime, f"epoch {epoch + 1}/{train.epochs}",
+          self.steps_per_epoch, start=start, batch_size=self.batch_size)
       step = start
       for batch in distribute.distribute_dataset(self.strategy, dataset,
                                                  self.batch_size):
@@ -231,7 +234,7 @@ class Trainer:
         step += 1
         self.state.step.assign(step)
         self.state.global_step.assign_add(1)
-        bar.update(step, [("loss", loss), ("acc", accuracy)])
+        bar.update(step, loss=loss, acc=accuracy)
         global_step = int(self.state.global_step.numpy())
         if global_step % 10 == 0:
           with writer.as_default(step=global_step):
@@ -240,6 +243,7 @@ class Trainer:
         if step % self.config.runtime.checkpoint_every == 0 and step < self.steps_per_epoch:
           self._save()
         self.preemption.check(self._save, f"epoch {epoch + 1}, step {step}")
+      bar.end()
       metrics = self.evaluate()
       logging.info("epoch %d/%d: test accuracy %.4f%s", epoch + 1, train.epochs,
                    metrics["accuracy"],

@@ -55,7 +55,7 @@ def genotype_to_dot(genotype: Genotype, cell_type: str) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _png_skip_reason() -> str | None:
+def png_skip_reason() -> str | None:
   """Why PNGs cannot be rendered here, or None when they can."""
   try:
     import graphviz  # pylint: disable=import-outside-toplevel,unused-import
@@ -66,6 +66,12 @@ def _png_skip_reason() -> str | None:
     return ("the Graphviz `dot` program is not on PATH "
             "(install Graphviz, e.g. apt-get install graphviz)")
   return None
+
+
+def render_png(dot_text: str) -> bytes:
+  """PNG bytes of DOT text, rendered by Graphviz (see `png_skip_reason`)."""
+  import graphviz  # pylint: disable=import-outside-toplevel
+  return graphviz.Source(dot_text).pipe(format="png")
 
 
 def write_cell_pictures(genotype: Genotype,
@@ -86,16 +92,15 @@ def write_cell_pictures(genotype: Genotype,
       f.write(dots[cell_type])
     written.append(path)
 
-  reason = _png_skip_reason()
+  reason = png_skip_reason()
   if reason is not None:
     logging.info("cell PNGs skipped (the .dot files in %s are written): %s",
                  out_dir, reason)
     return written
-  import graphviz  # pylint: disable=import-outside-toplevel
   for cell_type in CELL_TYPES:
     path = os.path.join(out_dir, f"{cell_type}.png")
     try:
-      png = graphviz.Source(dots[cell_type]).pipe(format="png")
+      png = render_png(dots[cell_type])
     except Exception as e:  # pylint: disable=broad-except
       # A picture is never worth failing a finished search over.
       logging.warning("could not render %s: %s", path, e)

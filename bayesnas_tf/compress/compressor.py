@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from bayesnas_tf import distribute
 from bayesnas_tf import precision
+from bayesnas_tf import progress
 from bayesnas_tf import preemption
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
@@ -63,6 +64,8 @@ class CompressResult:
   report: dict
   report_path: str
   slim_model: keras.Model
+  # The SavedModel version written at the end (modes.run_compress), if any.
+  export_path: Optional[str] = None
 
 
 class CompressState(tf.Module):
@@ -261,9 +264,9 @@ class Compressor:
       optimizer.learning_rate.assign(lr_at(epoch))
       dataset = self.data.train(batch_size=self.batch_size, seed=self.config.runtime.seed,
                                 epoch=first_stream + epoch, skip_batches=start)
-      bar = keras.utils.Progbar(
-          self.steps_per_epoch, verbose=1 if self.config.runtime.progress else 0,
-          stateful_metrics=["loss", "acc", "lasso"], unit_name="step")
+      bar = progress.for_runtime(
+          self.config.runtime, f"{label} epoch {epoch + 1}/{epochs}",
+          self.steps_per_epoch, batch_size=self.batch_size)
       logging.info("%s epoch %d/%d, lr %.5f", label, epoch + 1, epochs, lr_at(epoch))
       for index, batch in enumerate(distribute.distribute_dataset(
           self.strategy, dataset, self.batch_size), start=start):
@@ -275,7 +278,10 @@ class Compressor:
               "keeps its last good checkpoint)")
         self.state.global_step.assign_add(1)
         self.state.step.assign(index + 1)
-        bar.update(index + 1, [("loss", ce), ("acc", accuracy), ("lasso", lasso)])
+        if lasso:
+          bar.update(index + 1, loss=ce, acc=accuracy, lasso=lasso)
+        else:
+          bar.update(index + 1, loss=ce, acc=accuracy)
         global_step = int(self.state.global_step.numpy())
         if global_step % 20 == 0:
           with self.writer.as_default(step=global_step):
@@ -283,6 +289,7 @@ class Compressor:
             tf.summary.scalar(f"{label}/accuracy", accuracy)
             if lasso:
               tf.summary.scalar(f"{label}/group_lasso", lasso)
+      bar.end()
         self.preemption.check(save, f"{label} epoch {epoch + 1}, step {index + 1}")
       self.state.epoch.assign(epoch + 1)
       self.state.step.assign(0)

@@ -164,17 +164,27 @@ class ChildNetwork(keras.Model):
     auxiliary: whether to build DARTS's auxiliary head.
     stem_multiplier: CIFAR stem width = stem_multiplier * C (unused by the
       ImageNet stem, whose width is C).
+    auxiliary_weight: the weight of the auxiliary head's loss in
+      `model.fit` (DARTS: 0.4).
 
   `call(images, training=None, return_auxiliary=False)` returns the logits,
   or `(logits, aux_logits)` with `return_auxiliary=True` (`aux_logits` is
   None without an auxiliary head). Images are already normalised; any number
   of input channels works.
+
+  It is an ordinary Keras model: `compile()` it with a loss on logits (e.g.
+  `SparseCategoricalCrossentropy(from_logits=True)`), `fit()` it with any
+  callbacks, `evaluate()`, `save("x.keras")`, `export()`. As in our own
+  trainer, `fit` adds `auxiliary_weight` x the compiled loss of the
+  auxiliary logits when the head exists, drop path acts in training only,
+  and `callbacks.DropPathSchedule` ramps its probability over the epochs.
   """
 
   def __init__(self, genotype, num_classes: int = 10, cells: int = 20,
                channels: int = 36, variant: str = "cifar",
                drop_path: str = "official", auxiliary: bool = False,
-               stem_multiplier: int = 3, **kwargs):
+               stem_multiplier: int = 3, auxiliary_weight: float = 0.4,
+               **kwargs):
     super().__init__(**kwargs)
     genotype = as_genotype(genotype)
     _check_int("num_classes", num_classes, 2)
@@ -192,6 +202,11 @@ class ChildNetwork(keras.Model):
     if not isinstance(auxiliary, bool):
       raise ValueError(
           f"`auxiliary` must be a bool. Received: auxiliary={auxiliary!r}.")
+    if isinstance(auxiliary_weight, bool) or not isinstance(
+        auxiliary_weight, (int, float)) or not auxiliary_weight >= 0:
+      raise ValueError(
+          f"`auxiliary_weight` must be a number >= 0. Received: "
+          f"auxiliary_weight={auxiliary_weight!r}.")
     self.genotype = genotype
     self.num_classes = num_classes
     self.num_cells = cells
@@ -200,6 +215,7 @@ class ChildNetwork(keras.Model):
     self.drop_path = drop_path
     self.auxiliary = auxiliary
     self.stem_multiplier = stem_multiplier
+    self.auxiliary_weight = float(auxiliary_weight)
     self.num_nodes = genotype.num_nodes
     self.reductions = reduction_positions(cells)
     # DARTS attaches the auxiliary head to the cell at 2*cells//3, which is
@@ -344,5 +360,37 @@ class ChildNetwork(keras.Model):
         "genotype": self.genotype.to_dict(), "num_classes": self.num_classes,
         "cells": self.num_cells, "channels": self.channels,
         "variant": self.variant, "drop_path": self.drop_path,
-        "auxiliary": self.auxiliary, "stem_multiplier": self.stem_multiplier})
+        "auxiliary": self.auxiliary, "stem_multiplier": self.stem_multiplier,
+        "auxiliary_weight": self.auxiliary_weight})
     return config
+
+  # --- model.fit ----------------------------------------------------------------
+  def train_step(self, data):
+    # Keras's step computes the loss of `self(x)` only; with the auxiliary
+    # head the loss also gets auxiliary_weight x the compiled loss of the
+    # auxiliary logits, from the same forward pass (the DARTS trainer, and
+    # train.py). The structure follows Keras's guide to custom train steps.
+    if self.auxiliary_head is None:
+      return super().train_step(data)
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    with tf.GradientTape() as tape:
+      logits, aux_logits = self(x, training=True, return_auxiliary=True)
+      loss = self.compute_loss(x=x, y=y, y_pred=logits,
+                               sample_weight=sample_weight, training=True)
+      loss += self.auxiliary_weight * self._auxiliary_loss(
+          y, aux_logits, sample_weight)
+      scaled = self.optimizer.scale_loss(loss)
+    gradients = tape.gradient(scaled, self.trainable_weights)
+    self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+    for metric in self.metrics:
+      if metric.name == "loss":
+        metric.update_state(loss, sample_weight=tf.shape(x)[0])
+    return self.compute_metrics(x, y, logits, sample_weight=sample_weight)
+
+  def _auxiliary_loss(self, y, aux_logits, sample_weight):
+    # The compiled loss of the (single) logits output; a loss given by name
+    # or as a function is wrapped to reduce it the same way.
+    loss = keras.losses.get(self.loss)
+    if not isinstance(loss, keras.losses.Loss):
+      loss = keras.losses.LossFunctionWrapper(loss)
+    return loss(y, tf.cast(aux_logits, tf.float32), sample_weight=sample_weight)

@@ -25,7 +25,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from absl import logging
 import keras
@@ -36,6 +36,7 @@ from bayesnas_tf import data as data_lib
 from bayesnas_tf import distribute
 from bayesnas_tf import precision
 from bayesnas_tf import preemption
+from bayesnas_tf import progress
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
@@ -43,8 +44,11 @@ from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.genotype import Genotype
 from bayesnas_tf.io_utils import atomic_write_text
+from bayesnas_tf.search import bn_statistics
+from bayesnas_tf.search import diagnostics
 from bayesnas_tf.search import hessian as hessian_lib
 from bayesnas_tf.search import prior as prior_lib
+from bayesnas_tf.search import summaries
 from bayesnas_tf.search.backends import search_backend
 
 PHASES = ("warmup", "search", "update")
@@ -60,6 +64,13 @@ class SearchResult:
   genotype_path: str
   posterior_path: str
   test_accuracy: float
+  # The supernet's test accuracy after the last joint phase, before the last
+  # update pruned it (None when a resumed run skipped that phase).
+  accuracy_before_pruning: Optional[float] = None
+  # {cell type: {"kept": k, "total": n}} ops of the found cells.
+  ops: Dict[str, Dict[str, int]] = dataclasses.field(default_factory=dict)
+  # search/diagnostics.py: why the result may mean little (empty: fine).
+  warnings: Tuple[str, ...] = ()
 
 
 class SearchState(tf.Module):
@@ -124,6 +135,8 @@ class BayesNASSearch:
     }
     self.mean, self.std = dataset.mean, dataset.std
     self.lambdas = self.backend.gate_lambdas()
+    self.accuracy_before_update: Optional[float] = None
+    self.warnings: Tuple[str, ...] = ()
     self._build()
 
   # --- construction -------------------------------------------------------
@@ -214,14 +227,13 @@ class BayesNASSearch:
               net.gates_by_type(), omega, lambdas)
           loss += penalty / num_replicas
       variables = weight_vars + (arch_vars if train_gates else [])
-      # float16: the loss is scaled, and both optimizers skip a step whose
-      # gradients overflowed (precision.LossScale).
-      target = loss if self.loss_scale is None else self.loss_scale.scale(loss)
-      # Gates of a fully pruned edge are unconnected: their gradient is 0
-      # (filled here: TF's UnconnectedGradients.ZERO fails on Keras
-      # variables in a float16 graph).
-      grads = [tf.zeros_like(v) if g is None else g for v, g in zip(
-          variables, tape.gradient(target, variables))]
+      # float16: the gradients are the scaled loss's, and both optimizers
+      # skip a step whose gradients overflowed (precision.LossScale).
+      grads = (tape.gradient(loss, variables) if self.loss_scale is None
+               else self.loss_scale.gradient(tape, loss, variables))
+      # Gates of a fully pruned edge are unconnected: their gradient is 0.
+      grads = [tf.zeros_like(v) if g is None else g
+               for v, g in zip(variables, grads)]
       # Clipping of the all-reduced gradient (Keras clips each replica's
       # own before it all-reduces; distribute.clip_summed_gradients).
       clip = search.grad_clip
@@ -348,9 +360,10 @@ class BayesNASSearch:
     logging.info("iteration %d/%d, %s phase: steps %d..%d", iteration + 1,
                  self.config.search.iterations, PHASES[phase], start + 1, total)
     step_fn = self.train_step_fn(train_gates=phase == SEARCH)
-    bar = keras.utils.Progbar(
-        total, verbose=1 if self.config.runtime.progress else 0,
-        stateful_metrics=["loss", "penalty", "acc"], unit_name="step")
+    bar = progress.for_runtime(
+        self.config.runtime,
+        f"iteration {iteration + 1}/{self.config.search.iterations}, {PHASES[phase]}",
+        total, start=start, batch_size=self.batch_size)
     every = self.config.runtime.checkpoint_every
     for step, batch in self.phase_batches(phase, start):
       ce, penalty, accuracy = (float(v) for v in step_fn(batch))
@@ -364,7 +377,10 @@ class BayesNASSearch:
       self.state.step.assign(step + 1)
       self.state.global_step.assign_add(1)
       global_step = int(self.state.global_step.numpy())
-      bar.update(step + 1, [("loss", ce), ("penalty", penalty), ("acc", accuracy)])
+      if phase == SEARCH:
+        bar.update(step + 1, loss=ce, acc=accuracy, penalty=penalty)
+      else:
+        bar.update(step + 1, loss=ce, acc=accuracy)
       if global_step % LOG_EVERY == 0:
         with writer.as_default(step=global_step):
           tf.summary.scalar(f"{PHASES[phase]}/cross_entropy", ce)
@@ -375,7 +391,11 @@ class BayesNASSearch:
         self._save()
       self.preemption.check(self._save, f"iteration {iteration + 1}, "
                             f"{PHASES[phase]} phase, step {step + 1}")
+    bar.end()
+    self.reestimate_batch_norm(phase)
     accuracy = self.evaluate()
+    # The accuracy before the update prunes (reported in result.json).
+    self.accuracy_before_update = accuracy
     logging.info("iteration %d, after %s: test accuracy %.4f", iteration + 1,
                  PHASES[phase], accuracy)
     with writer.as_default(step=int(self.state.global_step.numpy())):
@@ -390,9 +410,10 @@ class BayesNASSearch:
     logging.info("iteration %d/%d, update phase: %s Hessian over %d batch(es)",
                  iteration + 1, search.iterations, search.hessian,
                  search.hessian_batches)
-    bar = keras.utils.Progbar(
-        search.hessian_batches, verbose=1 if self.config.runtime.progress else 0,
-        unit_name="batch")
+    bar = progress.for_runtime(
+        self.config.runtime,
+        f"iteration {iteration + 1}/{search.iterations}, {search.hessian} Hessian",
+        search.hessian_batches, batch_size=self.batch_size, unit="batch")
     for step, batch in self.phase_batches(UPDATE, 0):
       seed = tf.constant([self.config.runtime.seed, 1000 * iteration + step],
                          tf.int64)
@@ -404,6 +425,7 @@ class BayesNASSearch:
       # resumes at the start of this update.
       self.preemption.check(self._save, f"iteration {iteration + 1}, Hessian "
                             f"batch {batches}")
+    bar.end()
     if not batches:
       raise ConfigError(
           "no batch is available for the Hessian; lower --batch_size")
@@ -418,6 +440,8 @@ class BayesNASSearch:
     self.net.set_masks({t: m.astype(np.float32) for t, m in masks.items()})
     if iteration + 1 < search.iterations:
       self._reset_gates()
+    else:  # The pruned supernet that the search reports.
+      self.reestimate_batch_norm(UPDATE)
     self._step_fns.clear()  # Re-trace without the pruned ops.
     with writer.as_default(step=int(self.state.global_step.numpy())):
       for t, result in results.items():
@@ -431,7 +455,22 @@ class BayesNASSearch:
     kept = self.backend.kept_ops(masks)
     logging.info("iteration %d update (hessian=%s over %d batch(es)): kept ops %s",
                  iteration + 1, search.hessian, batches, kept)
-    self._write_outputs()
+    genotype = self._write_outputs()
+    summaries.write_update_summaries(
+        writer, int(self.state.global_step.numpy()),
+        self.posterior_dict()["groups"],
+        diagnostics.op_counts(self.backend, masks), genotype)
+
+  def reestimate_batch_norm(self, phase: int) -> None:
+    """Fresh BN moving statistics for evaluation and the Hessian
+    (search/bn_statistics.py), from un-augmented search-split batches."""
+    x, y = self.splits[SEARCH]
+    dataset = data_lib.make_train_dataset(
+        x, y, batch_size=self.batch_size, seed=self.config.runtime.seed,
+        stream=(int(self.state.iteration.numpy()), len(PHASES) + phase, 0),
+        mean=self.mean, std=self.std, augment=self.augment[UPDATE])
+    bn_statistics.reestimate_batch_norm(
+        self.net, dataset.take(bn_statistics.BATCHES), self.strategy)
 
   def _reset_gates(self) -> None:
     """Algorithm 1 step 5: "fix w = 1, train the pruned net".
@@ -502,6 +541,7 @@ class BayesNASSearch:
             "entered the last update (0 when masked); pruned_at is the "
             "update that pruned the group (0: kept)"),
         "groups": groups,
+        "warnings": list(self.warnings),
     }
 
   def genotype(self) -> Genotype:
@@ -552,8 +592,15 @@ class BayesNASSearch:
       self._save()
       self.preemption.check(self._save, f"the {PHASES[phase]} phase")
     writer.flush()
-    genotype = self._write_outputs()
     accuracy = self.evaluate()
+    ops = diagnostics.op_counts(self.backend, self.prior.kept_masks())
+    self.warnings = tuple(diagnostics.search_warnings(
+        self.config, accuracy, self.dataset.num_classes, ops))
+    for warning in self.warnings:
+      logging.warning("search result: %s", warning)
+    genotype = self._write_outputs()
     logging.info("search finished: genotype in %s (test accuracy of the "
-                 "pruned supernet %.4f)", paths[0], accuracy)
-    return SearchResult(self.model_dir, genotype, paths[0], paths[1], accuracy)
+                 "pruned supernet %.4f; kept ops %s)", paths[0], accuracy,
+                 ", ".join(f"{t} {c['kept']}/{c['total']}" for t, c in ops.items()))
+    return SearchResult(self.model_dir, genotype, paths[0], paths[1], accuracy,
+                        self.accuracy_before_update, ops, self.warnings)
