@@ -13,7 +13,7 @@ and removes when it stops: it writes the same checkpoints, summaries and
 exports as the chief (the guide's pattern: saving may need every worker)
 without touching the chief's files, and it restores from the chief's
 checkpoints. So --model_dir must be on a file system every worker reads
-(GCS, NFS; or one host); a restore checks that all workers found the same
+(NFS, or one host); a restore checks that all workers found the same
 checkpoint.
 """
 
@@ -289,7 +289,7 @@ def _check_same_checkpoint(latest: Optional[str]) -> None:
     raise ClusterError(
         f"the workers found different checkpoints in {_ROLE.model_dir} "
         f"(numbers {', '.join(map(str, found))}; -1: none); put --model_dir on a "
-        "file system that every worker reads (GCS, NFS)")
+        "file system that every worker reads (e.g. NFS)")
 
 
 # --- Cloud TPU -------------------------------------------------------------------

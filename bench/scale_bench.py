@@ -15,9 +15,10 @@ images, ALGORITHM.md 3.2-3.3; the Hessian is a few steps more).
 Configurations: float32 and mixed_bfloat16 (mixed_float16 too when a GPU is
 present), each with XLA (+jit) off/on and cell recomputation (+recompute)
 off/on. A configuration whose projected memory does not fit --max_rss_mib
-is skipped with a line that says so. Figures, not assertions. The
-multi-worker figure (2 workers vs 1 process) belongs to the multi-worker
-part of issue 8, not to this single-process benchmark.
+is skipped with a line that says so. Then the small supernet's search step
+with --workers worker processes against one process, at the same batches
+(bench/multi_worker_bench.py; --workers=0 skips it). Figures, not
+assertions.
 """
 
 import itertools
@@ -46,6 +47,8 @@ flags.DEFINE_list("only", None, "Run only these configurations "
 flags.DEFINE_integer("steps", 3, "Timed steps per configuration.")
 flags.DEFINE_integer("max_rss_mib", 20000,
                      "Skip configurations expected to need more host memory.")
+flags.DEFINE_integer("workers", 2, "Worker processes of the multi-worker "
+                     "comparison on the small supernet (0: skip it).")
 flags.DEFINE_string("worker", None, "Internal: run one configuration.")
 flags.DEFINE_integer("worker_batch", 18, "Internal.")
 FLAGS = flags.FLAGS
@@ -145,6 +148,10 @@ def main(argv):
       print(f"batch {batch:3d} {variant:34s} failed: {error}", flush=True)
     else:
       print(lines[-1], flush=True)
+  if FLAGS.workers > 1:
+    import multi_worker_bench  # pylint: disable=g-import-not-at-top
+    multi_worker_bench.print_comparison(
+        FLAGS.data, [int(b) for b in FLAGS.batches], FLAGS.workers, FLAGS.steps)
 
 
 if __name__ == "__main__":
