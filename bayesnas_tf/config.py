@@ -491,6 +491,11 @@ class ExperimentConfig:
         # One eager Hessian-vector product per gate; a TPU runs compiled steps.
         raise ConfigError("--hessian=exact runs eagerly and cannot run on a TPU; "
                           "use --hessian=ggn")
+    if self.mode == "study" and self.runtime.strategy == "multi_worker_mirrored":
+      # A process joins a cluster once; a study starts one run after another.
+      raise ConfigError("--mode=study cannot run on --strategy=multi_worker_mirrored; "
+                        "run its searches and retrainings as --mode=search/retrain "
+                        "on the cluster")
     return self
 
   def to_dict(self) -> Dict[str, Any]:
