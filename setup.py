@@ -35,6 +35,8 @@ setup(
         "embedded": ["scikit-learn>=1.3"],
         # PNG/SVG cell pictures (also needs the `dot` program).
         "viz": ["graphviz>=0.20"],
-        "test": ["pytest>=8", "scikit-learn>=1.3"],
+        # graphviz: the cell-picture tests run through the Python package
+        # (with a stand-in `dot` where Graphviz itself is not installed).
+        "test": ["pytest>=8", "scikit-learn>=1.3", "graphviz>=0.20"],
     },
 )

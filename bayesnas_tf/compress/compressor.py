@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bayesnas_tf import bn_statistics
 from bayesnas_tf import distribute
 from bayesnas_tf import precision
 from bayesnas_tf import progress
@@ -144,7 +145,6 @@ class Compressor:
                                             momentum=self.cfg.momentum)
       self.optimizer.build(self.model.trainable_variables)
       self.loss_scale = precision.make_loss_scale(config.runtime.dtype_policy)
-      self._bn_momentum = tf.Variable(0.0, trainable=False, name="bn_recalibration_momentum")
     self.kernels = {w: self.chain.kernel(w) for w in self.chain.weighted}
     self.group_layers = sorted({s.layer_index for s in self.group_sets})
     self.checkpoint = tf.train.Checkpoint(
@@ -289,8 +289,8 @@ class Compressor:
             tf.summary.scalar(f"{label}/accuracy", accuracy)
             if lasso:
               tf.summary.scalar(f"{label}/group_lasso", lasso)
-      bar.end()
         self.preemption.check(save, f"{label} epoch {epoch + 1}, step {index + 1}")
+      bar.end()
       self.state.epoch.assign(epoch + 1)
       self.state.step.assign(0)
 
@@ -426,34 +426,17 @@ class Compressor:
     statistics collected before no longer match and the pruned network's
     inference-mode accuracy collapses though nothing it computes has lost
     its information. The statistics are recomputed as the plain average of
-    BN_RECALIBRATION_BATCHES training batches (momentum k/(k+1) at batch k),
-    without any weight update.
+    BN_RECALIBRATION_BATCHES training batches, without any weight update
+    (bn_statistics.py).
     """
     bns = [layer for layer in self.chain.layers
            if isinstance(layer, keras.layers.BatchNormalization)]
-    if not bns:
-      return
-    strategy = self.strategy
-    momenta = [bn.momentum for bn in bns]
-
-    @tf.function
-    def step(images):
-      strategy.run(lambda x: self.masked_forward(x, True), args=(images,))
-
     batches = min(BN_RECALIBRATION_BATCHES, self.steps_per_epoch)
     dataset = self.data.train(batch_size=self.batch_size, seed=self.config.runtime.seed,
                               epoch=_RECALIBRATION_STREAM + round_index).take(batches)
-    try:
-      for bn in bns:  # Read inside the traced step; restored below.
-        bn.momentum = self._bn_momentum
-      for k, (images, _) in enumerate(
-          distribute.distribute_dataset(strategy, dataset, self.batch_size)):
-        self._bn_momentum.assign(k / (k + 1.0))
-        step(images)
-    finally:
-      for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
-    logging.info("BN statistics re-estimated on %d batch(es)", batches)
+    bn_statistics.MovingStatisticsEstimator(
+        bns, lambda images: self.masked_forward(images, True), self.strategy)(
+            distribute.distribute_dataset(self.strategy, dataset, self.batch_size))
 
   def _round(self, round_index: int, history: List[dict]) -> None:
     cfg = self.cfg

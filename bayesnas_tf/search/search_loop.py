@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bayesnas_tf import bn_statistics
 from bayesnas_tf import data as data_lib
 from bayesnas_tf import distribute
 from bayesnas_tf import precision
@@ -44,7 +45,6 @@ from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.genotype import Genotype
 from bayesnas_tf.io_utils import atomic_write_text
-from bayesnas_tf.search import bn_statistics
 from bayesnas_tf.search import diagnostics
 from bayesnas_tf.search import hessian as hessian_lib
 from bayesnas_tf.search import prior as prior_lib
@@ -438,11 +438,11 @@ class BayesNASSearch:
         search.dependency, search.prune_threshold)
     masks = self.prior.kept_masks()
     self.net.set_masks({t: m.astype(np.float32) for t, m in masks.items()})
+    self._step_fns.clear()  # Re-trace without the pruned ops.
     if iteration + 1 < search.iterations:
       self._reset_gates()
     else:  # The pruned supernet that the search reports.
       self.reestimate_batch_norm(UPDATE)
-    self._step_fns.clear()  # Re-trace without the pruned ops.
     with writer.as_default(step=int(self.state.global_step.numpy())):
       for t, result in results.items():
         tf.summary.histogram(f"prior/{t}/gamma", result.gamma)
@@ -463,14 +463,19 @@ class BayesNASSearch:
 
   def reestimate_batch_norm(self, phase: int) -> None:
     """Fresh BN moving statistics for evaluation and the Hessian
-    (search/bn_statistics.py), from un-augmented search-split batches."""
+    (bn_statistics.py), from un-augmented search-split batches."""
     x, y = self.splits[SEARCH]
     dataset = data_lib.make_train_dataset(
         x, y, batch_size=self.batch_size, seed=self.config.runtime.seed,
         stream=(int(self.state.iteration.numpy()), len(PHASES) + phase, 0),
         mean=self.mean, std=self.std, augment=self.augment[UPDATE])
-    bn_statistics.reestimate_batch_norm(
-        self.net, dataset.take(bn_statistics.BATCHES), self.strategy)
+    if "bn_statistics" not in self._step_fns:  # Traced once per structure.
+      self._step_fns["bn_statistics"] = bn_statistics.MovingStatisticsEstimator(
+          bn_statistics.batch_norm_layers(self.net),
+          lambda images: self.net(images, training=True), self.strategy)
+    self._step_fns["bn_statistics"](distribute.distribute_dataset(
+        self.strategy, dataset.take(bn_statistics.SEARCH_BATCHES),
+        self.batch_size))
 
   def _reset_gates(self) -> None:
     """Algorithm 1 step 5: "fix w = 1, train the pruned net".
