@@ -174,7 +174,7 @@ class Trainer:
           valid & tf.nn.in_top_k(safe_labels, logits, k), tf.float32))
       return loss, top1, topk, tf.reduce_sum(tf.cast(valid, tf.float32))
 
-    @tf.function
+    @tf.function(jit_compile=self.config.runtime.jit_compile or None)
     def step(batch):
       values = strategy.run(replica_step, args=batch)
       return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)

@@ -6,6 +6,10 @@ oneDNN kernels, so each output matches to rtol 1e-4 (atol 1e-5 on values of
 order 1, 1e-3 relative on the Hessian's largest entry); recomputation runs
 the same kernels on the same inputs, so its gradients and moving statistics
 are equal to 1e-6.
+
+The supernets are thinned out by masks (`thin_out`): pruned ops are not
+computed, so a trace and an XLA compile cost a fraction of the full
+supernet's, while every primitive still runs somewhere.
 """
 
 import tempfile
@@ -24,6 +28,21 @@ SUBSET = ("sep3", "dil3", "max", "avg", "id")
 RTOL, ATOL = 1e-4, 1e-5
 
 
+def thin_out(net):
+  """Keeps one or two ops per edge (each primitive on some edge of each cell
+  type, on stride-1 and stride-2 edges) and prunes the last edge whole, so
+  its gates are unconnected (gradient 0)."""
+  n = len(net.primitives)
+  masks = {}
+  for cell_type, full in net.masks_by_type().items():
+    mask = np.zeros_like(full)
+    for e in range(len(mask) - 1):
+      mask[e, [e % n, (e + 2) % n] if e % 2 else [e % n]] = 1.0
+      mask[e, -1] = 1.0
+    masks[cell_type] = mask
+  net.set_masks(masks)
+
+
 def _search(jit: bool):
   config = config_lib.ExperimentConfig(
       mode="search",
@@ -35,8 +54,10 @@ def _search(jit: bool):
       runtime=config_lib.RuntimeConfig(model_dir=tempfile.mkdtemp(),
                                        progress=False, jit_compile=jit)).validate()
   keras.utils.set_random_seed(0)
-  return search_loop.BayesNASSearch(config, data_lib.load_dataset("digits"),
-                                    tf.distribute.get_strategy())
+  search = search_loop.BayesNASSearch(config, data_lib.load_dataset("digits"),
+                                      tf.distribute.get_strategy())
+  thin_out(search.net)
+  return search
 
 
 def _close(a, b, scale=1.0):
@@ -56,10 +77,9 @@ def test_search_step_functions_jit_equal_graph():
     for e, g in zip(expected, got):
       _close(g, e, scale=1e2 * float(np.abs(e).max()))
   _close(jit.eval_fn()(batch), plain.eval_fn()(batch))
-  for train_gates in (False, True):
-    expected = plain.train_step_fn(train_gates)(batch)
-    got = jit.train_step_fn(train_gates)(batch)
-    _close(got, expected)
+  # The gate step; the warm-up step (train_gates=False) is the same function
+  # without the gates' update.
+  _close(jit.train_step_fn(True)(batch), plain.train_step_fn(True)(batch))
   for a, b in zip(plain.net.variables, jit.net.variables):
     _close(b, a)
 
@@ -105,10 +125,16 @@ def test_retrain_steps_jit_equal_graph(tmp_path):
 
 def test_compress_steps_jit_equal_graph(tmp_path):
   from bayesnas_tf.compress import compressor  # pylint: disable=g-import-not-at-top
+  from test_compress import _small_cnn  # pylint: disable=g-import-not-at-top
+  # A user's model of the digits' 8x8 images (LeNet-5 needs 16x16), its
+  # dropout off: XLA draws other random numbers than the plain graph.
+  base = _small_cnn()
+  base.get_layer("d1").rate = 0.0
+  base.save(tmp_path / "base.keras")
   jobs = []
   for jit in (False, True):
     config = _cli_config("compress", tmp_path / str(jit), jit, (
-        "--architecture=lenet5", "--hessian_batches=1"))
+        f"--base_model={tmp_path / 'base.keras'}", "--hessian_batches=1"))
     dataset = data_lib.load_dataset("digits")
     data = data_lib.ArrayTrainingData(
         dataset, data_lib.AugmentConfig(0, False, 0), 64, 32, 1)
@@ -139,6 +165,7 @@ def _supernet(recompute):
   keras.utils.set_random_seed(1)
   net = SuperNet(10, 3, 4, primitives=SUBSET, recompute_cells=recompute)
   net.build((None, 8, 8, 3))
+  thin_out(net)
   return net
 
 
@@ -157,10 +184,13 @@ def test_recompute_cells_same_gradients_and_statistics(jit):
         logits = net(x, training=True)
         loss = tf.reduce_mean(
             tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-      return loss, tape.gradient(loss, net.trainable_variables)
+      # The pruned edge's gates are unconnected: None, or 0 when
+      # recomputed (recompute.py asks for zeros); compared as 0.
+      variables = net.trainable_variables
+      return loss, [tf.zeros(v.shape) if g is None else g
+                    for v, g in zip(variables, tape.gradient(loss, variables))]
 
     loss, grads = step()
-    assert all(g is not None for g in grads)
     results.append((loss, grads, [v.numpy() for v in net.non_trainable_variables]))
   (loss0, grads0, stats0), (loss1, grads1, stats1) = results
   tol = dict(rtol=1e-4, atol=1e-5) if jit else dict(rtol=1e-6, atol=1e-7)

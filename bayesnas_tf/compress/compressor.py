@@ -210,7 +210,7 @@ class Compressor:
           tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
       return tf.reduce_sum(per_example), correct, group_lasso
 
-    @tf.function
+    @tf.function(jit_compile=self.config.runtime.jit_compile or None)
     def step(batch):
       images, labels = batch
       ce, correct, group_lasso = strategy.run(replica_step, args=(images, labels))
@@ -233,7 +233,9 @@ class Compressor:
       # Padding examples (label -1, distribute.distribute_dataset) never count.
       return correct, tf.reduce_sum(tf.cast(labels >= 0, tf.float32))
 
-    @tf.function(reduce_retracing=True)  # The last batch is smaller.
+    # The last batch is smaller.
+    @tf.function(reduce_retracing=True,
+                 jit_compile=self.config.runtime.jit_compile or None)
     def step(batch):
       values = strategy.run(replica_step, args=batch)
       return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in values]
