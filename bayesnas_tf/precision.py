@@ -111,11 +111,12 @@ Update = Tuple[keras.optimizers.Optimizer, Sequence[tf.Tensor],
 class LossScale(tf.Module):
   """Dynamic loss scaling for a custom step with one or more optimizers.
 
-  In the replica function:
-      grads = tape.gradient(loss_scale.scale(loss), variables)
+  In the replica function, after the tape's block:
+      grads = loss_scale.gradient(tape, loss, variables)
       loss_scale.apply([(optimizer, grads, variables), ...])
-  `apply` divides the gradients by the scale, and applies every optimizer
-  only when all gradients of all replicas are finite; otherwise it skips the
+  `gradient` is the gradient of the scaled loss; `apply` divides the
+  gradients by the scale, and applies every optimizer only when all
+  gradients of all replicas are finite; otherwise it skips the
   step and halves the scale. After `growth_steps` finite steps in a row the
   scale doubles. Keras's `LossScaleOptimizer` does the same for a single
   optimizer.
@@ -136,8 +137,15 @@ class LossScale(tf.Module):
     self.finite_steps = tf.Variable(0, trainable=False, dtype=tf.int64,
                                     aggregation=aggregation, name="finite_steps")
 
-  def scale(self, loss: tf.Tensor) -> tf.Tensor:
-    return loss * tf.cast(self.scale_value, loss.dtype)
+  def gradient(self, tape: tf.GradientTape, loss: tf.Tensor, variables):
+    """d(scale * loss)/d variables, for a `loss` the tape recorded.
+
+    The scale enters as the output gradient, not as a multiplication: a
+    `loss * scale` written after the tape's block is not recorded, and its
+    gradients would all be None (a silently skipped update).
+    """
+    return tape.gradient(loss, variables,
+                         output_gradients=tf.cast(self.scale_value, loss.dtype))
 
   @staticmethod
   def _all_finite(grads) -> tf.Tensor:

@@ -204,7 +204,7 @@ class Compressor:
         grads = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(grads, variables))
       else:  # float16 compute (precision.py)
-        grads = tape.gradient(self.loss_scale.scale(loss), variables)
+        grads = self.loss_scale.gradient(tape, loss, variables)
         self.loss_scale.apply([(optimizer, grads, variables)])
       correct = tf.reduce_sum(tf.cast(tf.equal(
           tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
