@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime
 import sys
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from absl import logging
 
@@ -70,8 +70,9 @@ class PhaseProgress:
     self._phase_start_time = time.monotonic()
     self._window_step = start
     self._window_time = self._phase_start_time
-    self._window: Dict[str, list] = {}
-    self._phase: Dict[str, list] = {}
+    # {metric: (sum, count)} since the last line, and over the phase.
+    self._window: Dict[str, Tuple[float, int]] = {}
+    self._phase: Dict[str, Tuple[float, int]] = {}
     self._step = start
     self.lines = 0  # Plain log lines written (for tests).
 
@@ -85,6 +86,10 @@ class PhaseProgress:
     if self.bar is not None:
       self.bar.update(step, [(name, float(v)) for name, v in metrics.items()])
       return
+    if step == self._phase_start_step + 1:
+      # The first step of a phase includes tracing the step function: the
+      # speed and ETA are measured from its end.
+      self._window_step, self._window_time = step, time.monotonic()
     if self.log_every and step % self.log_every == 0 and step < self.total:
       self._log_line(f"step {step}/{self.total} ({100 * step // max(self.total, 1)}%)",
                      self._window, self._window_step, self._window_time,

@@ -442,6 +442,17 @@ def test_compress_writes_report_and_prints_table(compressed_digits):
   assert [r["round"] for r in report["rounds"]] == [1, 2]
 
 
+def test_compress_writes_result_json(compressed_digits):
+  root, _ = compressed_digits
+  result = json.loads((root / "run" / "result.json").read_text())
+  report = json.loads((root / "run" / "compression.json").read_text())
+  assert result["mode"] == "compress" and result["wall_time_s"] > 0
+  assert result["report"]["params_after"] == report["params_after"]
+  assert result["report_path"].endswith("compression.json")
+  assert result["export_path"].startswith(str(root / "exports"))
+  assert "slim_model" not in result  # A Keras model has no JSON form.
+
+
 def test_compressed_model_serves_without_bayesnas(compressed_digits, tmp_path):
   root, _ = compressed_digits
   version = root / "exports" / "user_cnn_compressed" / "1"
