@@ -389,8 +389,11 @@ class BayesNASSearch:
             tf.summary.scalar("search/group_lasso", penalty)
       if (step + 1) % every == 0 and step + 1 < total:
         self._save()
-      self.preemption.check(self._save, f"iteration {iteration + 1}, "
-                            f"{PHASES[phase]} phase, step {step + 1}")
+      # After the last step the phase still re-estimates the BN statistics:
+      # the check after its end checkpoint (run) covers that step.
+      if step + 1 < total:
+        self.preemption.check(self._save, f"iteration {iteration + 1}, "
+                              f"{PHASES[phase]} phase, step {step + 1}")
     bar.end()
     self.reestimate_batch_norm(phase)
     accuracy = self.evaluate()
