@@ -303,10 +303,14 @@ def tpu_strategy(tpu: str) -> tf.distribute.Strategy:
       tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     strategy = tf.distribute.TPUStrategy(resolver)
-  except (ValueError, RuntimeError, tf.errors.OpError) as error:
+  # The resolver asks the GCE metadata server and the Cloud TPU API (urllib
+  # and API client errors) and TensorFlow (OpError, ValueError): whatever
+  # fails here means no usable TPU, which is the user's to fix.
+  except Exception as error:  # pylint: disable=broad-except
+    reason = _first_line(error).split(". ")[0]
     raise ClusterError(
-        f"--strategy=tpu found no TPU on {where} ({_first_line(error)}); run on a "
-        "Cloud TPU VM, or pass --tpu=NAME or --tpu=grpc://HOST:8470") from None
+        f"--strategy=tpu found no TPU on {where} ({reason}); run on a Cloud TPU "
+        "VM, or pass --tpu=NAME or --tpu=grpc://HOST:8470") from None
   preemption.reinstall()
   logging.info("TPUStrategy on %s: %d cores", address, strategy.num_replicas_in_sync)
   return strategy
