@@ -4,7 +4,6 @@ block executed (with tiny sizes) so it cannot rot."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import re
@@ -68,9 +67,10 @@ def test_digits_bring_quick_start_defaults_that_options_override():
 
 
 def test_main_and_the_api_build_the_same_config():
-  spec = importlib.util.spec_from_file_location("bayesnas_main", ROOT / "main.py")
-  main = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(main)
+  # One `main` module per process: its flags live in absl's global
+  # FlagValues, and a second copy would define them twice.
+  import main  # pylint: disable=g-import-not-at-top
+  main.FLAGS.unparse_flags()
   main.FLAGS(["main.py", "--mode=search", "--cells=4", "--lambda_child=0.02",
               "--primitives=sep3,max", "--noflip"])
   try:
