@@ -23,8 +23,8 @@ from bayesnas_tf import cluster
 from bayesnas_tf import data as data_lib
 from bayesnas_tf import distribute
 from bayesnas_tf import export as export_lib
-from bayesnas_tf import preemption
 from bayesnas_tf import precision
+from bayesnas_tf import preemption
 from bayesnas_tf import results
 from bayesnas_tf import run_dir
 from bayesnas_tf import streaming_data

@@ -33,8 +33,8 @@ import tensorflow as tf
 from bayesnas_tf import bn_statistics
 from bayesnas_tf import distribute
 from bayesnas_tf import precision
-from bayesnas_tf import progress
 from bayesnas_tf import preemption
+from bayesnas_tf import progress
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.compress import structure
@@ -268,7 +268,7 @@ class Compressor:
                                 epoch=first_stream + epoch, skip_batches=start)
       bar = progress.for_runtime(
           self.config.runtime, f"{label} epoch {epoch + 1}/{epochs}",
-          self.steps_per_epoch, batch_size=self.batch_size)
+          self.steps_per_epoch, start=start, batch_size=self.batch_size)
       logging.info("%s epoch %d/%d, lr %.5f", label, epoch + 1, epochs, lr_at(epoch))
       for index, batch in enumerate(distribute.distribute_dataset(
           self.strategy, dataset, self.batch_size), start=start):

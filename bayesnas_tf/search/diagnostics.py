@@ -56,7 +56,7 @@ def search_warnings(config: ExperimentConfig, test_accuracy: float,
     summary = ", ".join(f"{t} {kept[t]}/{total[t]}" for t in kept)
     warnings.append(
         f"the update pruned no op ({summary} kept): every gamma stayed above "
-        f"the threshold {search.prune_threshold:.4f}, so the genotype is the "
+        f"the threshold {search.prune_threshold:.4g}, so the genotype is the "
         "whole supernet. gamma falls as the group lasso shrinks a gate and "
         "as the loss curvature grows: train the gates longer "
         f"(--search_epochs={search.search_epochs}, --iterations="
