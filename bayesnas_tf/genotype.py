@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 from bayesnas_tf import ops
 from bayesnas_tf import tree_genotype
 from bayesnas_tf.errors import GenotypeError
-from bayesnas_tf.io_utils import atomic_write_text
+from bayesnas_tf.io_utils import atomic_write_text, json_provenance
 
 OpInput = Tuple[str, str]  # (op name, input name)
 CellGenotype = Tuple[Tuple[OpInput, ...], ...]  # one tuple per node
@@ -118,29 +118,6 @@ def _cell_from_mapping(cell_type: str, value: Any) -> List[Any]:
   return [value[name] for name in expected]
 
 
-def _normalise_search(search: Any) -> Optional[Dict[str, Any]]:
-  """Copies the provenance mapping into plain JSON types (numpy scalars ok)."""
-  if search is None:
-    return None
-  if not isinstance(search, Mapping):
-    raise GenotypeError(
-        f"genotype field 'search' must be an object or null; received "
-        f"{search!r}")
-
-  def to_builtin(value):
-    # Search metadata often carries numpy scalars (lambda, thresholds).
-    if hasattr(value, "tolist"):
-      return value.tolist()
-    raise TypeError(f"{type(value).__name__} value {value!r}")
-
-  try:
-    return json.loads(json.dumps(dict(search), default=to_builtin))
-  except (TypeError, ValueError) as e:
-    raise GenotypeError(
-        f"genotype field 'search' must hold only JSON values (numbers, "
-        f"strings, lists, objects); it holds a {e}") from None
-
-
 def _parse_json(text: str, source: str) -> Any:
   try:
     return json.loads(text)
@@ -188,7 +165,7 @@ class Genotype:
           f"{', '.join(SIZE_REDUCTS)}")
     object.__setattr__(self, "normal", normal)
     object.__setattr__(self, "reduce", reduce)
-    object.__setattr__(self, "search", _normalise_search(self.search))
+    object.__setattr__(self, "search", json_provenance(self.search))
 
   # --- accessors ------------------------------------------------------------
   def cell(self, cell_type: str) -> CellGenotype:

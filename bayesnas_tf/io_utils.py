@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from typing import Any, Dict, Mapping, Optional
+
+from bayesnas_tf.errors import GenotypeError
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -24,3 +28,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def json_provenance(search: Any) -> Optional[Dict[str, Any]]:
+  """A genotype's `search` provenance mapping as plain JSON types (numpy
+  scalars ok); None stays None."""
+  if search is None:
+    return None
+  if not isinstance(search, Mapping):
+    raise GenotypeError(
+        f"genotype field 'search' must be an object or null; received "
+        f"{search!r}")
+
+  def to_builtin(value):
+    # Search metadata often carries numpy scalars (lambda, thresholds).
+    if hasattr(value, "tolist"):
+      return value.tolist()
+    raise TypeError(f"{type(value).__name__} value {value!r}")
+
+  try:
+    return json.loads(json.dumps(dict(search), default=to_builtin))
+  except (TypeError, ValueError) as e:
+    raise GenotypeError(
+        f"genotype field 'search' must hold only JSON values (numbers, "
+        f"strings, lists, objects); it holds a {e}") from None

@@ -70,13 +70,13 @@ def build_sequence(layers: Sequence[keras.layers.Layer], input_shape):
   return shape
 
 
-def _check_positive(name: str, value: int) -> None:
-  if not isinstance(value, int) or value <= 0:
+def check_positive(name: str, value: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
     raise ValueError(
         f"`{name}` must be a positive integer. Received: {name}={value!r}.")
 
 
-def _check_stride(stride: int) -> None:
+def check_stride(stride: int) -> None:
   if stride not in (1, 2):
     raise ValueError(f"`stride` must be 1 or 2. Received: stride={stride!r}.")
 
@@ -117,16 +117,21 @@ def strided_size(size, stride: int):
   return (size - 1) // stride + 1
 
 
-class _SequenceOp(keras.layers.Layer):
-  """An op that is a fixed chain of Keras layers, applied in order."""
+class SequenceOp(keras.layers.Layer):
+  """An op that is a fixed chain of Keras layers, applied in order; its BNs
+  get the `training` flag. Also the base of the tree cells' ops (tree_ops)."""
 
   def __init__(self, channels: int, stride: int = 1, **kwargs):
     super().__init__(**kwargs)
-    _check_positive("channels", channels)
-    _check_stride(stride)
+    check_positive("channels", channels)
+    check_stride(stride)
     self.channels = channels
     self.stride = stride
     self._chain: list = []
+
+  @property
+  def output_channels(self) -> int:
+    return self.channels
 
   @property
   def chain(self) -> Tuple[keras.layers.Layer, ...]:
@@ -154,7 +159,7 @@ class _SequenceOp(keras.layers.Layer):
   def compute_output_shape(self, input_shape):
     batch, height, width, _ = input_shape
     return (batch, strided_size(height, self.stride),
-            strided_size(width, self.stride), self.channels)
+            strided_size(width, self.stride), self.output_channels)
 
   def get_config(self):
     config = super().get_config()
@@ -163,7 +168,7 @@ class _SequenceOp(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class SepConv(_SequenceOp):
+class SepConv(SequenceOp):
   """Separable conv k x k, applied twice (ALGORITHM.md 1.1, params 2C^2+(4+2k^2)C).
 
   BN -> ReLU -> pad -> depthwise kxk stride s -> 1x1, then
@@ -192,7 +197,7 @@ class SepConv(_SequenceOp):
       ]
 
   def call(self, inputs, training=None):
-    # The chain of `_SequenceOp.call`, with each pad fused into the
+    # The chain of `SequenceOp.call`, with each pad fused into the
     # depthwise conv after it (`padded_depthwise`, same numbers).
     x = inputs
     for bn, relu, pad, depthwise, pointwise in (self._chain[:5],
@@ -227,9 +232,9 @@ class DilConv(keras.layers.Layer):
   def __init__(self, channels: int, kernel_size: int = 3, stride: int = 1,
                dilation: int = 2, **kwargs):
     super().__init__(**kwargs)
-    _check_positive("channels", channels)
-    _check_stride(stride)
-    _check_positive("dilation", dilation)
+    check_positive("channels", channels)
+    check_stride(stride)
+    check_positive("dilation", dilation)
     if kernel_size not in (3, 5):
       raise ValueError(
           f"`kernel_size` must be 3 or 5. Received: kernel_size={kernel_size!r}.")
@@ -288,7 +293,7 @@ class DilConv(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class Pool3x3(_SequenceOp):
+class Pool3x3(SequenceOp):
   """3x3 max or average pool after an explicit zero pad of 1.
 
   Max: the padding is zeros, not -inf (matters for negative cell inputs).
@@ -317,7 +322,7 @@ class Pool3x3(_SequenceOp):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class Identity(_SequenceOp):
+class Identity(SequenceOp):
   """The stride-1 `id` op: y = x (no parameters)."""
 
   def __init__(self, channels: int, stride: int = 1, **kwargs):
@@ -331,7 +336,7 @@ class Identity(_SequenceOp):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ReduceConv(_SequenceOp):
+class ReduceConv(SequenceOp):
   """The stride-2 `id` op of reduction cells: BN -> 1x1 conv stride 2 (C^2+2C)."""
 
   def __init__(self, channels: int, stride: int = 2, **kwargs):

@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
 
-from bayesnas_tf import config as config_lib
 from bayesnas_tf.config import ExperimentConfig
 from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.genotype import CELL_TYPES, Genotype, resolve_genotype

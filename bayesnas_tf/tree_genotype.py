@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bayesnas_tf import tree_ops
 from bayesnas_tf.errors import ConfigError, GenotypeError
-from bayesnas_tf.io_utils import atomic_write_text
+from bayesnas_tf.io_utils import atomic_write_text, json_provenance
 from bayesnas_tf.tree_space import START_PLANES, TREE_SPACES, TREECELL_A
 from bayesnas_tf.tree_space import TreeCellSpec, TreeNodeSpec, block_strides
 from bayesnas_tf.tree_space import node_channels, proxyless_cell, prune_cell
@@ -40,25 +40,6 @@ from bayesnas_tf.tree_space import pyramid_widths
 
 KIND = "pyramid_tree"
 _FIELDS = ("schema_version", "kind", "backbone", "cells", "space", "search")
-
-
-def _json_search(search: Any) -> Optional[Dict[str, Any]]:
-  if search is None:
-    return None
-  if not isinstance(search, Mapping):
-    raise GenotypeError(f"genotype field 'search' must be an object or null; "
-                        f"received {search!r}")
-
-  def to_builtin(value):
-    if hasattr(value, "tolist"):
-      return value.tolist()
-    raise TypeError(f"{type(value).__name__} value {value!r}")
-
-  try:
-    return json.loads(json.dumps(dict(search), default=to_builtin))
-  except (TypeError, ValueError) as e:
-    raise GenotypeError(
-        f"genotype field 'search' must hold only JSON values; it holds a {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +150,7 @@ class TreeGenotype:
           f"genotype space {self.space!r} is not a tree search space "
           f"({', '.join(TREE_SPACES)}) or null")
     object.__setattr__(self, "cells", cells)
-    object.__setattr__(self, "search", _json_search(self.search))
+    object.__setattr__(self, "search", json_provenance(self.search))
 
   # --- summaries --------------------------------------------------------------
   def kept_edges(self) -> List[int]:

@@ -33,61 +33,13 @@ import keras
 import tensorflow as tf
 
 from bayesnas_tf import ops
-from bayesnas_tf.batch_norm import BatchNorm
 from bayesnas_tf.errors import ConfigError
 
 GROUPS = 2  # The group count of every 3x3 group conv (PROXYLESS.md 2).
 
 
-def _check_positive(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(
-        f"`{name}` must be a positive integer. Received: {name}={value!r}.")
-
-
-def _check_stride(stride) -> None:
-  if stride not in (1, 2):
-    raise ValueError(f"`stride` must be 1 or 2. Received: stride={stride!r}.")
-
-
-class _TreeSequenceOp(keras.layers.Layer):
-  """An op that is a fixed chain of layers; BNs get the `training` flag."""
-
-  def __init__(self, channels: int, stride: int = 1, **kwargs):
-    super().__init__(**kwargs)
-    _check_positive("channels", channels)
-    _check_stride(stride)
-    self.channels = channels
-    self.stride = stride
-    self._chain: list = []
-
-  @property
-  def output_channels(self) -> int:
-    return self.channels
-
-  def build(self, input_shape):
-    if input_shape[-1] is not None and input_shape[-1] != self.channels:
-      raise ValueError(
-          f"{self.__class__.__name__} expects {self.channels} input channels. "
-          f"Received: input_shape={tuple(input_shape)}.")
-    ops.build_sequence(self._chain, input_shape)
-    self.built = True
-
-  def call(self, inputs, training=None):
-    x = inputs
-    for layer in self._chain:
-      x = layer(x, training=training) if isinstance(layer, BatchNorm) else layer(x)
-    return x
-
-  def compute_output_shape(self, input_shape):
-    batch, height, width, _ = input_shape
-    return (batch, ops.strided_size(height, self.stride),
-            ops.strided_size(width, self.stride), self.output_channels)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update({"channels": self.channels, "stride": self.stride})
-    return config
+class _TreeSequenceOp(ops.SequenceOp):
+  """A tree-cell op that is a fixed chain of layers (ops.SequenceOp)."""
 
 
 @keras.saving.register_keras_serializable(package=ops.PACKAGE)
@@ -108,7 +60,7 @@ class TreeSepConv(_TreeSequenceOp):
     if kernel_size not in (3, 5, 7):
       raise ValueError(
           f"`kernel_size` must be 3, 5 or 7. Received: kernel_size={kernel_size!r}.")
-    _check_positive("dilation", dilation)
+    ops.check_positive("dilation", dilation)
     self.kernel_size = kernel_size
     self.dilation = dilation
     self._chain += [
@@ -201,9 +153,9 @@ class GroupConv3x3(keras.layers.Layer):
                stride: int = 1, shuffle: bool = False, **kwargs):
     super().__init__(**kwargs)
     out_channels = channels if out_channels is None else out_channels
-    _check_positive("channels", channels)
-    _check_positive("out_channels", out_channels)
-    _check_stride(stride)
+    ops.check_positive("channels", channels)
+    ops.check_positive("out_channels", out_channels)
+    ops.check_stride(stride)
     for name, value in (("channels", channels), ("out_channels", out_channels)):
       if value % GROUPS:
         raise ValueError(

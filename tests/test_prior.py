@@ -232,7 +232,7 @@ def test_derived_genotype_never_reads_a_node_without_input(space):
   preds = {t: prior.predecessor_matrix(space.cell(t)) for t in CELL_TYPES}
   degenerate = 0
   for draw in range(150):
-    kept, gamma = {}, {}
+    kept = {}
     for t in CELL_TYPES:
       n, e = rng.integers(1, 4), len(space.cell(t).edges)
       scale = rng.choice([0.03, 0.06, 0.2, 1.0], size=(1, e, 8))

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from bayesnas_tf import config as config_lib
 from bayesnas_tf import study as study_lib
 from bayesnas_tf.genotype import resolve_genotype
 from bayesnas_tf.search_space import BAYESNAS_SPACE, DARTS_SPACE

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from bayesnas_tf import ops
 from bayesnas_tf.layers.tree_cell import TreeCell
-from bayesnas_tf.models.supernet import dense_bias_initializer
+from bayesnas_tf.models.supernet import GatedCells, dense_bias_initializer
 from bayesnas_tf.tree_genotype import PyramidBackbone, TreeGenotype
 from bayesnas_tf.tree_space import BOTTLENECK, START_PLANES, block_name
 from bayesnas_tf.tree_space import block_strides, get_tree_space, pyramid_widths
@@ -268,7 +268,7 @@ class PyramidTreeNet(_PyramidBackboneModel):
 
 
 @keras.saving.register_keras_serializable(package=ops.PACKAGE)
-class PyramidTreeSuperNet(_PyramidBackboneModel):
+class PyramidTreeSuperNet(GatedCells, _PyramidBackboneModel):
   """The search network of a tree search space.
 
   Args:
@@ -312,19 +312,6 @@ class PyramidTreeSuperNet(_PyramidBackboneModel):
 
   def cells_of_type(self, cell_type: str) -> List[TreeCell]:
     return [self.cells[self.cell_types.index(cell_type)]]
-
-  @property
-  def arch_variables(self) -> List[tf.Variable]:
-    return [v for cell in self.cells for v in cell.gate_variables]
-
-  @property
-  def weight_variables(self) -> List[tf.Variable]:
-    gate_ids = {id(v) for v in self.arch_variables}
-    return [v for v in self.trainable_variables if id(v) not in gate_ids]
-
-  @property
-  def num_gates(self) -> int:
-    return int(sum(int(np.prod(v.shape)) for v in self.arch_variables))
 
   def stack_by_type(self, per_cell: Sequence[tf.Tensor]) -> Dict[str, tf.Tensor]:
     """One value per cell -> {block type: (1, ...)} (n = 1 per type)."""

@@ -28,8 +28,29 @@ def dense_bias_initializer(fan_in: int) -> keras.initializers.Initializer:
   return keras.initializers.RandomUniform(-bound, bound)
 
 
+class GatedCells:
+  """The split of a search network's variables into gates and weights, for a
+  keras.Model whose `cells` carry `gate_variables` (SuperNet's BayesCells,
+  PyramidTreeSuperNet's TreeCells)."""
+
+  @property
+  def arch_variables(self) -> List[tf.Variable]:
+    """All gates (w and w_all of every edge of every cell)."""
+    return [v for cell in self.cells for v in cell.gate_variables]
+
+  @property
+  def weight_variables(self) -> List[tf.Variable]:
+    """Every trainable variable that is not a gate."""
+    gate_ids = {id(v) for v in self.arch_variables}
+    return [v for v in self.trainable_variables if id(v) not in gate_ids]
+
+  @property
+  def num_gates(self) -> int:
+    return int(sum(int(np.prod(v.shape)) for v in self.arch_variables))
+
+
 @keras.saving.register_keras_serializable(package=ops.PACKAGE)
-class SuperNet(keras.Model):
+class SuperNet(GatedCells, keras.Model):
   """Args:
     num_classes: classifier outputs.
     cells: number of cells (>= 3); reductions at cells//3 and 2*cells//3.
@@ -125,22 +146,6 @@ class SuperNet(keras.Model):
       prev_prev, prev = prev, output
     x = self.head_relu(self.head_bn(prev, training=training))
     return self.classifier(self.global_pool(x))
-
-  # --- variables ----------------------------------------------------------
-  @property
-  def arch_variables(self) -> List[tf.Variable]:
-    """All gates (w and w_all of every edge of every cell)."""
-    return [v for cell in self.cells for v in cell.gate_variables]
-
-  @property
-  def weight_variables(self) -> List[tf.Variable]:
-    """Every trainable variable that is not a gate."""
-    gate_ids = {id(v) for v in self.arch_variables}
-    return [v for v in self.trainable_variables if id(v) not in gate_ids]
-
-  @property
-  def num_gates(self) -> int:
-    return int(sum(int(np.prod(v.shape)) for v in self.arch_variables))
 
   def cells_of_type(self, cell_type: str) -> List[BayesCell]:
     return [c for c, t in zip(self.cells, self.cell_types) if t == cell_type]
