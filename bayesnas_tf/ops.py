@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from bayesnas_tf.batch_norm import BatchNorm
+from bayesnas_tf.batch_norm import bfloat16_on_cpu
 from bayesnas_tf.errors import ConfigError
 
 PACKAGE = "bayesnas_tf"
@@ -95,19 +96,34 @@ def padded_depthwise(pad_layer: keras.layers.ZeroPadding2D,
   exactly TF's "SAME" conv (which pads (k-1)/2 zeros on both sides for odd
   effective kernels), and the fused kernel skips the pad's copy forward and
   its slice backward. Other cases (stride 2, where "SAME" pads (0, 1)) run
-  the two layers as they are.
+  the pad and a VALID conv.
+
+  A bfloat16 `x` on a CPU is convolved in float32 (`bfloat16_on_cpu`): the
+  result is cast back, so the op still computes in its dtype policy.
   """
   kernel = depthwise.kernel_size[0]
   rate = depthwise.dilation_rate[0]
-  if (tuple(depthwise.strides) == (1, 1) and depthwise.padding == "valid"
-      and not depthwise.use_bias and depthwise.data_format == "channels_last"
+  plain = (depthwise.padding == "valid" and not depthwise.use_bias
+           and depthwise.data_format == "channels_last"
+           and getattr(depthwise.activation, "__name__", "") == "linear")
+  if not plain:
+    return depthwise(pad_layer(x))
+  upcast = bfloat16_on_cpu(x)
+  y = tf.cast(x, tf.float32) if upcast else x
+  # Read inside the op's call, the kernel is already in the compute dtype.
+  weights = tf.cast(depthwise.kernel, y.dtype)
+  if (tuple(depthwise.strides) == (1, 1)
       and depthwise.kernel_size[1] == kernel and kernel % 2 == 1
       and tuple(depthwise.dilation_rate) == (rate, rate)
-      and getattr(depthwise.activation, "__name__", "") == "linear"
       and _symmetric_pad(pad_layer) == rate * (kernel - 1) // 2):
-    return tf.nn.depthwise_conv2d(x, depthwise.kernel, [1, 1, 1, 1], "SAME",
-                                  dilations=depthwise.dilation_rate)
-  return depthwise(pad_layer(x))
+    y = tf.nn.depthwise_conv2d(y, weights, [1, 1, 1, 1], "SAME",
+                               dilations=depthwise.dilation_rate)
+  else:
+    (top, bottom), (left, right) = pad_layer.padding
+    y = tf.nn.depthwise_conv2d(
+        tf.pad(y, [[0, 0], [top, bottom], [left, right], [0, 0]]), weights,
+        [1, *depthwise.strides, 1], "VALID", dilations=depthwise.dilation_rate)
+  return tf.cast(y, x.dtype) if upcast else y
 
 
 def strided_size(size, stride: int):

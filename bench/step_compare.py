@@ -12,7 +12,9 @@ anything else. Prints the per-step times, their medians, the ratio and each
 worker's peak RSS. A figure, not a test.
 
 --variants lists the configurations of this checkout to time against the
-base, e.g. `float32,mixed_bfloat16,float32+jit,float32+recompute`.
+base, e.g. `float32,mixed_bfloat16,float32+jit,float32+recompute`;
+--base_variant is the base's (float32; another one needs a base that has
+the option).
 """
 
 import dataclasses
@@ -38,6 +40,7 @@ flags.DEFINE_string("data", "npz:" + _DEFAULT_DATA, "Dataset spec.")
 flags.DEFINE_list("variants", ["float32"],
                   "Configurations of this checkout: a dtype policy with "
                   "optional +jit and +recompute.")
+flags.DEFINE_string("base_variant", "float32", "Configuration of the base.")
 flags.DEFINE_integer("batch_size", 18, "Search batch size.")
 flags.DEFINE_integer("cells", 8, "Supernet cells (paper: 8).")
 flags.DEFINE_integer("channels", 36, "Supernet C (paper: 36).")
@@ -95,7 +98,9 @@ def main(argv):
   if not FLAGS.base:
     raise app.UsageError("--base=PATH (a checkout of the commit before) is required")
   here = os.path.normpath(os.path.join(HERE, ".."))
-  jobs = [("base", os.path.abspath(FLAGS.base), "float32")] + [
+  base_name = "base" + ("" if FLAGS.base_variant == "float32"
+                        else f" {FLAGS.base_variant}")
+  jobs = [(base_name, os.path.abspath(FLAGS.base), FLAGS.base_variant)] + [
       (f"new {v}", here, v) for v in FLAGS.variants]
   common = [f"--data={FLAGS.data}", f"--batch_size={FLAGS.batch_size}",
             f"--cells={FLAGS.cells}", f"--channels={FLAGS.channels}"]
@@ -119,7 +124,7 @@ def main(argv):
     process.stdin.flush()
     peaks[name] = process.stdout.readline().split()[1]
     process.wait()
-  base = np.median(times["base"])
+  base = np.median(times[base_name])
   print(f"paper supernet ({FLAGS.cells} cells, C={FLAGS.channels}), batch "
         f"{FLAGS.batch_size}, {FLAGS.rounds} alternating rounds, "
         f"{os.cpu_count()} CPUs:")

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from bayesnas_tf import config as config_lib
 from bayesnas_tf import data as data_lib
+from bayesnas_tf import ops
 from bayesnas_tf import precision
 from bayesnas_tf import search_space
 from bayesnas_tf.layers import BayesCell
@@ -106,6 +107,35 @@ def test_float32_policy_scope_restores_policies():
   with precision.float32_policy(net):
     assert net(x, training=False).dtype == tf.float32
   assert net(x, training=False).dtype == tf.bfloat16
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")),
+                    reason="GPUs run these kernels in bfloat16")
+@pytest.mark.parametrize("stride", [1, 2])
+def test_bfloat16_batch_norm_and_depthwise_run_in_float32_on_cpu(stride):
+  # TF's CPU kernels for them are slow paths in bfloat16 (batch_norm.py);
+  # the op still returns its compute dtype and float32's numbers to
+  # bfloat16 precision.
+  x = _tensor((2, 8, 8, 4))
+  layers = {p: ops.SepConv(4, 5, stride, dtype=p)
+            for p in ("float32", "mixed_bfloat16")}
+  for layer in layers.values():
+    layer.build(x.shape)
+  for a, b in zip(layers["float32"].variables,
+                  layers["mixed_bfloat16"].variables):
+    b.assign(a)
+  functions = {p: tf.function(lambda x, op=op: op(x, training=True))
+               for p, op in layers.items()}
+  outputs = {p: function(x) for p, function in functions.items()}
+  graph = functions["mixed_bfloat16"].get_concrete_function(x).graph
+  kernels = [o for o in graph.get_operations()
+             if o.type in ("DepthwiseConv2dNative", "FusedBatchNormV3")]
+  assert len(kernels) == 4
+  assert {o.get_attr("T") for o in kernels} == {tf.float32}
+  assert outputs["mixed_bfloat16"].dtype == tf.bfloat16
+  np.testing.assert_allclose(
+      tf.cast(outputs["mixed_bfloat16"], tf.float32).numpy(),
+      outputs["float32"].numpy(), rtol=0.05, atol=0.05)
 
 
 def _search(tmp_path, policy, **runtime):
