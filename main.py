@@ -183,9 +183,11 @@ def build_config() -> config_lib.ExperimentConfig:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
   try:
+    # The config is checked before TensorFlow loads (op_names.py), so a
+    # mistaken flag is answered at once.
     config = build_config()
+    from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
     if FLAGS.summary_only:
       for key, value in modes.summary(config).items():
         print(f"{key}: {value}")

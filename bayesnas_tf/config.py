@@ -12,7 +12,7 @@ import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from bayesnas_tf.errors import ConfigError
-from bayesnas_tf.ops import PRIMITIVES, PRUNE_THRESHOLD, check_primitives
+from bayesnas_tf.op_names import PRIMITIVES, PRUNE_THRESHOLD, check_primitives
 
 MODES = ("search", "retrain", "transfer", "compress", "export", "study")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")

@@ -10,20 +10,22 @@ and the Hessian both depend on it:
 * "dil" ops are dense (not depthwise) dilated convs followed by a 1x1 conv;
 * `id` is the identity at stride 1 and BN -> 1x1 conv stride 2 at stride 2.
 
-`OPS` is the single source of truth: `PRIMITIVES` is derived from it.
+`OPS` builds the primitives named in `op_names.PRIMITIVES` (TensorFlow-free,
+for checking flags before TensorFlow loads), in the same order.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, Sequence, Tuple
 
 import keras
 import tensorflow as tf
 
+from bayesnas_tf import op_names
 from bayesnas_tf.batch_norm import BatchNorm
 from bayesnas_tf.batch_norm import bfloat16_on_cpu
-from bayesnas_tf.errors import ConfigError
+# Re-exported: callers read them as ops.PRIMITIVES etc.
+from bayesnas_tf.op_names import PRIMITIVES, PRUNE_THRESHOLD, check_primitives  # pylint: disable=unused-import
 
 PACKAGE = "bayesnas_tf"
 
@@ -386,28 +388,7 @@ OPS: Dict[str, OpFactory] = {
         else ReduceConv(channels, stride, name=name, **kw)),
 }
 
-PRIMITIVES: Tuple[str, ...] = tuple(OPS)
-
-# The paper's prune threshold: an op is pruned when the entropy of its prior,
-# 1/2 ln(2 pi e gamma), is not positive (Sec. 5.3), i.e. gamma <= 1/(2 pi e).
-PRUNE_THRESHOLD = 1.0 / (2.0 * math.pi * math.e)
-
-
-def check_primitives(names: Sequence[str]) -> Tuple[str, ...]:
-  """Validates a list of primitive names against the registry."""
-  names = tuple(names)
-  unknown = [n for n in names if n not in OPS]
-  if unknown:
-    raise ConfigError(
-        f"unknown primitive(s) {', '.join(unknown)}; "
-        f"valid primitives are {', '.join(PRIMITIVES)}")
-  if not names:
-    raise ConfigError(
-        f"at least one primitive is needed; valid primitives are "
-        f"{', '.join(PRIMITIVES)}")
-  if len(set(names)) != len(names):
-    raise ConfigError(f"primitives are listed twice: {', '.join(names)}")
-  return names
+op_names.check_registry(OPS, PRIMITIVES, "ops.OPS")
 
 
 def make_op(op_name: str, channels: int, stride: int,

@@ -32,6 +32,7 @@ from typing import Callable, Dict, Tuple
 import keras
 import tensorflow as tf
 
+from bayesnas_tf import op_names
 from bayesnas_tf import ops
 from bayesnas_tf.errors import ConfigError
 
@@ -247,7 +248,9 @@ PRE_EDGES: Dict[str, TreeOpFactory] = {
     "gconv3_x2": lambda *, channels, stride, name: GroupConv3x3(
         channels, 2 * channels, stride, shuffle=True, name=name),
 }
-PRE_EDGE_WIDTH = {"gconv3_x2": 2}  # Output channels as a multiple of C.
+op_names.check_registry(TREE_OPS, op_names.TREE_OP_NAMES, "tree_ops.TREE_OPS")
+op_names.check_registry(PRE_EDGES, op_names.PRE_EDGE_WIDTH, "tree_ops.PRE_EDGES")
+PRE_EDGE_WIDTH = op_names.PRE_EDGE_WIDTH  # Output channels as a multiple of C.
 
 # Trainable parameters on C channels (PROXYLESS.md 1.4), for checks and
 # reports without building layers.

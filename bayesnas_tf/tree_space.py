@@ -35,7 +35,7 @@ import dataclasses
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from bayesnas_tf.errors import ConfigError, GenotypeError
-from bayesnas_tf.tree_ops import PRE_EDGE_WIDTH, PRE_EDGES, TREE_OPS
+from bayesnas_tf.op_names import PRE_EDGE_WIDTH, TREE_OP_NAMES
 
 ALLOCATIONS = ("copy", "split")
 MERGES = ("add", "concat")
@@ -186,10 +186,10 @@ def _node_from_dict(value: Any, where: str) -> TreeNodeSpec:
 
 
 def _validate_cell(cell: TreeCellSpec) -> None:
-  if cell.pre_edge is not None and cell.pre_edge not in PRE_EDGES:
+  if cell.pre_edge is not None and cell.pre_edge not in PRE_EDGE_WIDTH:
     raise GenotypeError(
         f"unknown pre_edge {cell.pre_edge!r}; valid pre-edges are "
-        f"{', '.join(PRE_EDGES)} or null")
+        f"{', '.join(PRE_EDGE_WIDTH)} or null")
   if not isinstance(cell.root, TreeNodeSpec):
     raise GenotypeError(f"a tree cell's root must be a node; received {cell.root!r}")
 
@@ -216,11 +216,11 @@ def _validate_cell(cell: TreeCellSpec) -> None:
           "node of an add merge")
     for i, branch in enumerate(node.branches):
       here = f"{where}, branch {i}"
-      unknown = [o for o in branch.ops if o not in TREE_OPS]
+      unknown = [o for o in branch.ops if o not in TREE_OP_NAMES]
       if unknown:
         raise GenotypeError(
             f"{here}: unknown tree op(s) {', '.join(map(repr, unknown))}; valid "
-            f"tree ops are {', '.join(TREE_OPS)}")
+            f"tree ops are {', '.join(TREE_OP_NAMES)}")
       if len(set(branch.ops)) != len(branch.ops):
         raise GenotypeError(f"{here} lists an op twice: {list(branch.ops)}")
       if not branch.ops and branch.child is not None:
