@@ -370,9 +370,12 @@ def test_hessian_is_a_batch_sum(supernet):
 def test_cli_search_with_diag_backprop(tmp_path):
   # One iteration, no warm-up (its step function is the slow part to trace).
   flags = [f for f in TINY_SEARCH_FLAGS if not f.startswith(
-      ("--iterations", "--search_epochs", "--warmup_epochs"))]
+      ("--iterations", "--search_epochs", "--warmup_epochs", "--max_train_examples",
+       "--primitives", "--hessian_batches"))]
   model_dir = tmp_path / "run"
   result = run_main(*flags, "--iterations=1", "--search_epochs=1",
+                    "--max_train_examples=160", "--primitives=sep3,max",
+                    "--hessian_batches=1",
                     "--warmup_epochs=0", "--hessian=diag_backprop",
                     f"--model_dir={model_dir}")
   assert result.returncode == 0, result.stderr[-3000:]

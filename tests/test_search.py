@@ -147,7 +147,9 @@ def test_mirrored_strategy_matches_one_device(tmp_path):
   flags = [f for f in TINY_SEARCH_FLAGS if not f.startswith(
       ("--max_train_examples", "--search_epochs", "--iterations",
        "--warmup_fraction", "--hessian_batches", "--primitives"))]
-  flags += ["--primitives=sep3,max,id", "--max_train_examples=64", "--warmup_fraction=0.5",
+  # Parameter-free ops keep the traces (two replicas each) short; the
+  # stem, preprocessing and classifier still carry BN and weights.
+  flags += ["--primitives=max,avg,id", "--max_train_examples=64", "--warmup_fraction=0.5",
             "--search_epochs=1", "--iterations=1", "--hessian_batches=1"]
   runs, processes = {}, {}
   for strategy in ("default", "mirrored"):  # Both at once: mostly tracing.
@@ -160,7 +162,7 @@ def test_mirrored_strategy_matches_one_device(tmp_path):
     assert process.returncode == 0, stderr[strategy][-3000:]
   assert "MirroredStrategy over" in stderr["mirrored"]
   gammas = _gammas(runs["default"])
-  assert len(np.unique(np.round(gammas, 3))) > 20     # not trivially equal
+  assert len(np.unique(np.round(gammas, 3))) > 10     # not trivially equal
   np.testing.assert_allclose(_gammas(runs["mirrored"]), gammas, rtol=1e-4)
   assert Genotype.load(runs["mirrored"] / "genotype.json") == Genotype.load(
       runs["default"] / "genotype.json")
@@ -169,10 +171,14 @@ def test_mirrored_strategy_matches_one_device(tmp_path):
 @requires_shared_data(CIFAR_SUBSET)
 def test_search_on_the_cifar10_subset(tmp_path):
   model_dir = tmp_path / "cifar"
+  # The real 32x32 data through the whole pipeline; one short phase each.
   flags = [f for f in TINY_SEARCH_FLAGS
-           if not f.startswith(("--dataset", "--iterations", "--crop", "--cutout"))]
+           if not f.startswith(("--dataset", "--iterations", "--crop", "--cutout",
+                                "--max_train_examples", "--search_epochs",
+                                "--hessian_batches"))]
   result = run_main(*flags, f"--dataset=npz:{CIFAR_SUBSET}", "--iterations=1",
-                    "--crop_padding=4", "--cutout=16",
+                    "--crop_padding=4", "--cutout=16", "--max_train_examples=160",
+                    "--search_epochs=1", "--hessian_batches=1",
                     f"--model_dir={model_dir}")
   assert result.returncode == 0, result.stderr[-3000:]
   genotype = Genotype.load(model_dir / "genotype.json")
