@@ -37,6 +37,9 @@ setup(
         "viz": ["graphviz>=0.20"],
         # graphviz: the cell-picture tests run through the Python package
         # (with a stand-in `dot` where Graphviz itself is not installed).
-        "test": ["pytest>=8", "scikit-learn>=1.3", "graphviz>=0.20"],
+        # pytest-xdist: the suite runs its files on two workers (-n 2): most
+        # of its time is single-threaded tracing and process start-up.
+        "test": ["pytest>=8", "pytest-xdist>=3", "scikit-learn>=1.3",
+                 "graphviz>=0.20"],
     },
 )
