@@ -48,6 +48,17 @@ def check_primitives(names: Sequence[str]) -> Tuple[str, ...]:
   return names
 
 
+def check_tree_ops(names: Sequence[str]) -> Tuple[str, ...]:
+  """Validates a list of tree-cell op names."""
+  names = tuple(names)
+  unknown = [n for n in names if n not in TREE_OP_NAMES]
+  if unknown:
+    raise ConfigError(
+        f"unknown tree op(s) {', '.join(map(repr, unknown))}; valid tree ops "
+        f"are {', '.join(TREE_OP_NAMES)}")
+  return names
+
+
 def check_registry(registry: Sequence[str], names: Sequence[str], what: str) -> None:
   """Raises if a layer registry's names differ from (or reorder) `names`."""
   if tuple(registry) != tuple(names):

@@ -241,7 +241,7 @@ TREE_OPS: Dict[str, TreeOpFactory] = {
     "gconv3": lambda *, channels, stride, name: GroupConv3x3(
         channels, channels, stride, name=name),
 }
-TREE_PRIMITIVES: Tuple[str, ...] = tuple(TREE_OPS)
+TREE_PRIMITIVES: Tuple[str, ...] = op_names.TREE_OP_NAMES
 
 # Cell-level pre-edges (run before the root node; they carry the stride).
 PRE_EDGES: Dict[str, TreeOpFactory] = {
@@ -269,19 +269,9 @@ def op_params(op_name: str, channels: int) -> int:
   return _PARAMS[op_name](channels)
 
 
-def check_tree_ops(names) -> Tuple[str, ...]:
-  names = tuple(names)
-  unknown = [n for n in names if n not in TREE_OPS]
-  if unknown:
-    raise ConfigError(
-        f"unknown tree op(s) {', '.join(map(repr, unknown))}; valid tree ops "
-        f"are {', '.join(TREE_PRIMITIVES)}")
-  return names
-
-
 def make_tree_op(op_name: str, channels: int, stride: int = 1,
                  name: str | None = None) -> keras.layers.Layer:
-  check_tree_ops([op_name])
+  op_names.check_tree_ops([op_name])
   return TREE_OPS[op_name](channels=channels, stride=stride, name=name or op_name)
 
 

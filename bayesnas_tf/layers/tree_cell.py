@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import ops
+from bayesnas_tf import op_names
 from bayesnas_tf import tree_ops
 from bayesnas_tf.tree_space import TreeCellSpec, TreeNodeSpec, node_channels
 from bayesnas_tf.tree_space import prune_cell, with_edge_ops
@@ -61,7 +62,7 @@ class TreeEdge(keras.layers.Layer):
   def __init__(self, channels: int, ops: Sequence[str], stride: int = 1,
                gate_kind: str = "none", **kwargs):
     super().__init__(**kwargs)
-    self.op_names = tree_ops.check_tree_ops(ops)
+    self.op_names = op_names.check_tree_ops(ops)
     if not self.op_names:
       raise ValueError("`ops` must list at least one tree op.")
     if len(set(self.op_names)) != len(self.op_names):
