@@ -37,6 +37,12 @@ flags.DEFINE_string("worker_hosts", None,
                     "comma-separated HOST:PORT of every worker, the chief first.")
 flags.DEFINE_integer("task_index", None,
                      "This worker's index in --worker_hosts.")
+flags.DEFINE_integer("inter_op_threads", None,
+                     "TensorFlow ops run at once (0: TF's default; unset: the "
+                     "number of CPUs for cell networks on a CPU-only host).")
+flags.DEFINE_integer("intra_op_threads", None,
+                     "Threads inside one op (0: TF's default; unset: 1 for "
+                     "cell networks on a CPU-only host).")
 flags.DEFINE_integer("seed", None, "Random seed (weights, data order, prior init).")
 flags.DEFINE_bool("deterministic", None, "Enable TF op determinism.")
 flags.DEFINE_bool("jit_compile", None, "XLA-compile the step functions.")

@@ -215,6 +215,8 @@ class RuntimeConfig:
     tpu: --strategy=tpu: a TPU name or grpc:// address ("": this TPU VM).
     worker_hosts, task_index: --strategy=multi_worker_mirrored without
       TF_CONFIG: "host1:port1,host2:port2" and this worker's index in it.
+    inter_op_threads, intra_op_threads: TensorFlow's thread pools (0: TF's
+      default; None: chosen per mode, threads.py).
   """
   model_dir: str = "runs/search"
   strategy: str = "default"
@@ -231,6 +233,8 @@ class RuntimeConfig:
   tpu: str = ""
   worker_hosts: str = ""
   task_index: int = 0
+  inter_op_threads: Optional[int] = None
+  intra_op_threads: Optional[int] = None
 
   def validate(self) -> None:
     if not self.model_dir:
@@ -243,6 +247,9 @@ class RuntimeConfig:
     _positive("keep_checkpoints", self.keep_checkpoints)
     _positive("log_every", self.log_every, allow_zero=True)
     _positive("task_index", self.task_index, allow_zero=True)
+    for name in ("inter_op_threads", "intra_op_threads"):
+      if getattr(self, name) is not None:
+        _positive(name, getattr(self, name), allow_zero=True)
     if self.tpu and self.strategy != "tpu":
       raise ConfigError(f"--tpu={self.tpu} needs --strategy=tpu")
     if (self.worker_hosts or self.task_index) and (

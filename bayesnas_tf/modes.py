@@ -28,6 +28,7 @@ from bayesnas_tf import preemption
 from bayesnas_tf import results
 from bayesnas_tf import run_dir
 from bayesnas_tf import streaming_data
+from bayesnas_tf import threads
 from bayesnas_tf.checkpointing import restore_latest
 from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
@@ -45,6 +46,7 @@ def prepare_runtime(config: ExperimentConfig) -> tf.distribute.Strategy:
   """Devices, seeds, determinism and the distribution strategy."""
   runtime = config.runtime
   precision.check_supported(runtime.dtype_policy)
+  threads.configure_threads(config)
   distribute.configure_logical_cpus(runtime.logical_cpu_devices)
   keras.utils.set_random_seed(runtime.seed)
   if runtime.deterministic:

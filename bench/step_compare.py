@@ -12,7 +12,8 @@ anything else. Prints the per-step times, their medians, the ratio and each
 worker's peak RSS. A figure, not a test.
 
 --variants lists the configurations of this checkout to time against the
-base, e.g. `float32,mixed_bfloat16,float32+jit,float32+recompute`;
+base, e.g. `float32,mixed_bfloat16,float32+jit,float32+recompute`
+(+tfthreads: TensorFlow's default thread pools instead of threads.py's);
 --base_variant is the base's (float32; another one needs a base that has
 the option).
 """
@@ -66,6 +67,8 @@ def worker() -> None:
     runtime["dtype_policy"] = parts[0]
   if "recompute" in parts:
     runtime["recompute_cells"] = True
+  if "tfthreads" in parts:  # TF's default pools instead of threads.py's.
+    runtime["inter_op_threads"] = runtime["intra_op_threads"] = 0
   config = config_lib.ExperimentConfig(
       mode="search",
       data=config_lib.DataConfig(dataset=FLAGS.data, batch_size=FLAGS.batch_size),

@@ -35,6 +35,8 @@ def test_round_trip():
     ("supernet", "channels", 0, "--channels must be > 0"),
     ("supernet", "primitives", ("sep3", "zero"), "unknown primitive"),
     ("runtime", "strategy", "tpu_pod", "--strategy must be one of"),
+    ("runtime", "inter_op_threads", -1, "--inter_op_threads must be >= 0"),
+    ("runtime", "intra_op_threads", -2, "--intra_op_threads must be >= 0"),
 ])
 def test_validation_messages(section, field, value, message):
   base = config_lib.ExperimentConfig()
