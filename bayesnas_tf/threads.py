@@ -69,6 +69,10 @@ def configure_threads(config: ExperimentConfig) -> Tuple[int, int]:
             f"--{name}={value} cannot take effect: TensorFlow already started "
             f"in this process with {name}={getter()}") from None
       logging.debug("%s stays %d (TensorFlow already started)", name, getter())
-  logging.info("TensorFlow threads: inter-op %s, intra-op %s",
-               inter or "default", intra or "default")
+  actual = (tf.config.threading.get_inter_op_parallelism_threads(),
+            tf.config.threading.get_intra_op_parallelism_threads())
+  logging.info("TensorFlow threads: inter-op %s, intra-op %s%s",
+               actual[0] or "default", actual[1] or "default",
+               "" if actual == (inter, intra) else
+               " (set when TensorFlow started in this process)")
   return inter, intra
