@@ -31,14 +31,20 @@ PRE_EDGE_WIDTH: Dict[str, int] = {"gconv3_x2": 2}
 PRUNE_THRESHOLD = 1.0 / (2.0 * math.pi * math.e)
 
 
+def _check_known(names: Sequence[str], valid: Sequence[str],
+                 kind: str) -> Tuple[str, ...]:
+  """`names` as a tuple; raises if one is not in `valid`."""
+  names = tuple(names)
+  unknown = [n for n in names if n not in valid]
+  if unknown:
+    raise ConfigError(f"unknown {kind}(s) {', '.join(unknown)}; "
+                      f"valid {kind}s are {', '.join(valid)}")
+  return names
+
+
 def check_primitives(names: Sequence[str]) -> Tuple[str, ...]:
   """Validates a list of primitive names against the registry."""
-  names = tuple(names)
-  unknown = [n for n in names if n not in PRIMITIVES]
-  if unknown:
-    raise ConfigError(
-        f"unknown primitive(s) {', '.join(unknown)}; "
-        f"valid primitives are {', '.join(PRIMITIVES)}")
+  names = _check_known(names, PRIMITIVES, "primitive")
   if not names:
     raise ConfigError(
         f"at least one primitive is needed; valid primitives are "
@@ -50,13 +56,7 @@ def check_primitives(names: Sequence[str]) -> Tuple[str, ...]:
 
 def check_tree_ops(names: Sequence[str]) -> Tuple[str, ...]:
   """Validates a list of tree-cell op names."""
-  names = tuple(names)
-  unknown = [n for n in names if n not in TREE_OP_NAMES]
-  if unknown:
-    raise ConfigError(
-        f"unknown tree op(s) {', '.join(map(repr, unknown))}; valid tree ops "
-        f"are {', '.join(TREE_OP_NAMES)}")
-  return names
+  return _check_known(names, TREE_OP_NAMES, "tree op")
 
 
 def check_registry(registry: Sequence[str], names: Sequence[str], what: str) -> None:

@@ -35,7 +35,7 @@ import dataclasses
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from bayesnas_tf.errors import ConfigError, GenotypeError
-from bayesnas_tf.op_names import PRE_EDGE_WIDTH, TREE_OP_NAMES
+from bayesnas_tf.op_names import PRE_EDGE_WIDTH, check_tree_ops
 
 ALLOCATIONS = ("copy", "split")
 MERGES = ("add", "concat")
@@ -216,11 +216,10 @@ def _validate_cell(cell: TreeCellSpec) -> None:
           "node of an add merge")
     for i, branch in enumerate(node.branches):
       here = f"{where}, branch {i}"
-      unknown = [o for o in branch.ops if o not in TREE_OP_NAMES]
-      if unknown:
-        raise GenotypeError(
-            f"{here}: unknown tree op(s) {', '.join(map(repr, unknown))}; valid "
-            f"tree ops are {', '.join(TREE_OP_NAMES)}")
+      try:
+        check_tree_ops(branch.ops)
+      except ConfigError as error:
+        raise GenotypeError(f"{here}: {error}") from None
       if len(set(branch.ops)) != len(branch.ops):
         raise GenotypeError(f"{here} lists an op twice: {list(branch.ops)}")
       if not branch.ops and branch.child is not None:
