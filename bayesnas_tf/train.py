@@ -109,7 +109,6 @@ class Trainer:
     model, strategy, train = self.model, self.strategy, self.config.train
     variables = model.trainable_variables
     global_batch = self.batch_size
-    replicas = strategy.num_replicas_in_sync
     num_classes = self.data.num_classes
 
     def cross_entropy(labels, logits):
@@ -129,20 +128,21 @@ class Trainer:
           loss += train.auxiliary_weight * tf.nn.compute_average_loss(
               cross_entropy(labels, tf.cast(aux_logits, tf.float32)),
               global_batch_size=global_batch)
-        if train.weight_decay:
-          # Coupled weight decay on every weight (PyTorch/DARTS semantics).
-          loss += 0.5 * train.weight_decay * tf.add_n(
-              [tf.reduce_sum(tf.square(v)) for v in variables]) / replicas
-      # Clipping of the all-reduced gradient (Keras clips each replica's
+      # Coupled weight decay on every weight (PyTorch/DARTS semantics), then
+      # clipping of the all-reduced gradient (Keras clips each replica's
       # own before it all-reduces; distribute.clip_summed_gradients).
       if self.loss_scale is None:
-        grads = distribute.clip_summed_gradients(
-            tape.gradient(loss, variables), train.grad_clip)
+        grads = distribute.add_weight_decay(
+            tape.gradient(loss, variables), variables, train.weight_decay)
+        grads = distribute.clip_summed_gradients(grads, train.grad_clip)
         self.optimizer.apply_gradients(zip(grads, variables))
       else:
+        scale = self.loss_scale.scale_value
+        grads = distribute.add_weight_decay(
+            self.loss_scale.gradient(tape, loss, variables), variables,
+            train.weight_decay, scale)
         grads = distribute.clip_summed_gradients(
-            self.loss_scale.gradient(tape, loss, variables),
-            train.grad_clip and train.grad_clip * self.loss_scale.scale_value)
+            grads, train.grad_clip and train.grad_clip * scale)
         self.loss_scale.apply([(self.optimizer, grads, variables)])
       correct = tf.reduce_sum(tf.cast(tf.equal(
           tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))

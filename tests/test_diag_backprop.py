@@ -9,12 +9,11 @@
   estimator starts from (the off-diagonal -p_k p_l of the CE Hessian is one
   of the terms the method drops by construction).
 * On the small supernet of test_hessian.py: its error against `exact` is
-  reported and bounded, masked gates give 0, it runs under tf.function and
-  through the CLI.
+  reported and bounded, masked gates give 0, it runs under tf.function (a
+  search through the CLI is in test_retrain.py).
 * The same for the kernels of --mode=compress (weight_diag_backprop.py).
 """
 
-import json
 
 import keras
 import numpy as np
@@ -26,12 +25,10 @@ from bayesnas_tf.batch_norm import BatchNorm
 from bayesnas_tf.compress import structure
 from bayesnas_tf.compress import weight_diag_backprop
 from bayesnas_tf.compress.weight_hessian import kernel_hessian_diagonal
-from bayesnas_tf.genotype import Genotype
 from bayesnas_tf.layers.channel_reduce import ChannelReduce
 from bayesnas_tf.layers.switched_edge import SwitchedEdge
 from bayesnas_tf.search import diag_backprop
 from bayesnas_tf.search import hessian
-from conftest import TINY_SEARCH_FLAGS, run_main
 from test_compress import _randomize_batch_norms, _small_cnn
 from test_hessian import PRIMITIVES, _small_net
 
@@ -367,24 +364,8 @@ def test_hessian_is_a_batch_sum(supernet):
                                rtol=1e-5, atol=1e-9)
 
 
-def test_cli_search_with_diag_backprop(tmp_path):
-  # One iteration, no warm-up (its step function is the slow part to trace).
-  flags = [f for f in TINY_SEARCH_FLAGS if not f.startswith(
-      ("--iterations", "--search_epochs", "--warmup_epochs", "--max_train_examples",
-       "--primitives", "--hessian_batches"))]
-  model_dir = tmp_path / "run"
-  result = run_main(*flags, "--iterations=1", "--search_epochs=1",
-                    "--max_train_examples=160", "--primitives=sep3,max",
-                    "--hessian_batches=1",
-                    "--warmup_epochs=0", "--hessian=diag_backprop",
-                    f"--model_dir={model_dir}")
-  assert result.returncode == 0, result.stderr[-3000:]
-  genotype = Genotype.load(model_dir / "genotype.json")
-  assert genotype.search["hessian"] == "diag_backprop"
-  posterior = json.loads((model_dir / "posterior.json").read_text())
-  hessians = np.array([h for g in posterior["groups"] for h in g["H"]])
-  assert np.all(np.isfinite(hessians)) and np.all(hessians >= 0)
-  assert hessians.max() > 0
+# The search from the command line with --hessian=diag_backprop:
+# test_retrain.py::test_diag_backprop_search_then_retrain_then_export.
 
 
 # --- --mode=compress: the kernels' diagonal (compress/weight_diag_backprop.py) --

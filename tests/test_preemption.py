@@ -1,6 +1,8 @@
 """SIGTERM (a cloud scheduler's preemption notice) during a run: the current
 step ends, a checkpoint is written, one line is printed and the process
 exits with 42; the same command resumes and ends as an uninterrupted run.
+A search killed outright (SIGKILL) resumes from its last periodic
+checkpoint and ends the same way.
 (Retrain/transfer: test_scale_out.py preempts its one-process reference.)
 
 The signal is sent once the run has loaded its data, before its first step,
@@ -11,6 +13,8 @@ same flags runs alongside as the reference.
 
 import json
 import pathlib
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -58,16 +62,53 @@ def _preempt_then_resume(group, flags, model_dir, reference_dir):
   return last
 
 
-def test_sigterm_mid_epoch_search_resumes_to_the_same_genotype(group, tmp_path):
+def _latest_checkpoint_number(model_dir):
+  """The number in the checkpoint state file (written after the files)."""
+  index = pathlib.Path(model_dir) / "checkpoints" / "checkpoint"
+  if not index.exists():
+    return -1
+  first = index.read_text().splitlines()[0]
+  return int(first.rsplit("ckpt-", 1)[1].rstrip('"'))
+
+
+def _gammas(model_dir):
+  return np.array([g["gamma"] for g in json.loads(
+      (model_dir / "posterior.json").read_text())["groups"]])
+
+
+def test_sigterm_or_sigkill_mid_search_resumes_to_the_same_genotype(group, tmp_path):
   model_dir, reference = tmp_path / "run", tmp_path / "reference"
   last = _preempt_then_resume(group, SEARCH_FLAGS, model_dir, reference)
   assert last == ("preempted: SIGTERM: stopped after iteration 1, warmup phase, "
                   "step 1 and saved a checkpoint; run the same command to resume")
   assert Genotype.load(model_dir / "genotype.json") == Genotype.load(
       reference / "genotype.json")
-  gammas = [np.array([g["gamma"] for g in json.loads(
-      (d / "posterior.json").read_text())["groups"]]) for d in (model_dir, reference)]
-  np.testing.assert_allclose(gammas[0], gammas[1], rtol=1e-6)
+  np.testing.assert_allclose(_gammas(model_dir), _gammas(reference), rtol=1e-6)
+
+  # SIGKILL leaves no time to save: the run resumes from its last periodic
+  # checkpoint. A checkpoint after every step (not part of the run's
+  # configuration, so the reference still applies): warm-up steps are
+  # global steps 1-2, the joint phase 3-4, so ckpt-3 or ckpt-4 lies in or at
+  # the end of the joint phase, before the update.
+  killed = tmp_path / "killed"
+  flags = [f for f in SEARCH_FLAGS if not f.startswith("--checkpoint_every")]
+  flags += ["--checkpoint_every=1", f"--model_dir={killed}"]
+  process = group.start("killed", *flags)
+  deadline = time.time() + 600
+  while _latest_checkpoint_number(killed) < 3:
+    assert process.poll() is None, group.log("killed")[-3000:]
+    assert time.time() < deadline, "no checkpoint in the joint phase in time"
+    time.sleep(0.1)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert _latest_checkpoint_number(killed) in (3, 4)
+  assert not (killed / "genotype.json").exists()
+  group.start("killed_resumed", *flags)
+  assert group.wait("killed_resumed") == [0], group.log("killed_resumed")[-3000:]
+  assert "resumed from" in group.log("killed_resumed")
+  assert Genotype.load(killed / "genotype.json") == Genotype.load(
+      reference / "genotype.json")
+  np.testing.assert_allclose(_gammas(killed), _gammas(reference), rtol=1e-6)
 
 
 def _user_cnn(path):

@@ -228,21 +228,32 @@ def test_killed_retrain_resumes_to_the_same_weights(retrained, tmp_path):
   assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
 
 
-def test_search_then_retrain_then_export(tmp_path):
+def test_diag_backprop_search_then_retrain_then_export(tmp_path):
+  # The whole pipeline from the command line, with the paper's own Hessian
+  # estimator (--hessian=diag_backprop, App. C) in the search. One
+  # iteration, no warm-up (its step function is the slow part to trace).
   search_dir = tmp_path / "search"
   flags = [f for f in TINY_SEARCH_FLAGS if not f.startswith(
-      ("--max_train_examples", "--search_epochs", "--iterations"))]
-  result = run_main(*flags, "--max_train_examples=200", "--search_epochs=1",
-                    "--iterations=1", f"--model_dir={search_dir}")
+      ("--iterations", "--search_epochs", "--warmup_epochs", "--max_train_examples",
+       "--primitives", "--hessian_batches"))]
+  result = run_main(*flags, "--iterations=1", "--search_epochs=1",
+                    "--max_train_examples=160", "--primitives=sep3,max",
+                    "--hessian_batches=1", "--warmup_epochs=0",
+                    "--hessian=diag_backprop", f"--model_dir={search_dir}")
   assert result.returncode == 0, result.stderr[-3000:]
+  found = Genotype.load(search_dir / "genotype.json")
+  assert found.search["hessian"] == "diag_backprop"
+  posterior = json.loads((search_dir / "posterior.json").read_text())
+  hessians = np.array([h for g in posterior["groups"] for h in g["H"]])
+  assert np.all(np.isfinite(hessians)) and np.all(hessians >= 0)
+  assert hessians.max() > 0
   retrain_dir, export_dir = tmp_path / "retrain", tmp_path / "exports"
   flags = [f for f in RETRAIN_FLAGS if not f.startswith(("--genotype", "--epochs"))]
   result = run_main(*flags, f"--genotype={search_dir}", "--epochs=1",
                     f"--model_dir={retrain_dir}", f"--export_dir={export_dir}",
                     "--model_name=searched")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert Genotype.load(retrain_dir / "genotype.json") == Genotype.load(
-      search_dir / "genotype.json")
+  assert Genotype.load(retrain_dir / "genotype.json") == found
   assert (export_dir / "searched" / "1" / "saved_model.pb").is_file()
 
 

@@ -11,7 +11,8 @@ atol 1e-6 (measured max |difference| 1.2e-7 over 284 variables, clipping
 active). Runs are kept to one or two steps per phase: over more steps
 ReLU/max-pool switches turn rounding into differences of the size of a step
 (test_search.py says the same for mirrored; measured here: 7e-5 after four
-retrain steps). Compress: test_preemption.py.
+retrain steps). Compress: test_preemption.py. The search test also runs
+--strategy=mirrored over two logical CPU devices against the same process.
 """
 
 import json
@@ -63,13 +64,20 @@ def _assert_only_the_chief_wrote(model_dir):
   assert not leftovers, leftovers
 
 
-def test_two_workers_search_preempted_and_resumed_matches_one_process(group, tmp_path):
+def test_search_on_two_workers_and_on_two_mirrored_replicas_matches_one_process(
+    group, tmp_path):
   # Worker 1 gets SIGTERM once it has loaded the data: through
   # PreemptionCheckpointHandler both workers stop after the same step, the
   # chief saves, both exit with 42. Started again (new ports), they finish
-  # as one uninterrupted process does.
-  one, cluster_dir = tmp_path / "one", tmp_path / "cluster"
+  # as one uninterrupted process does. So does --strategy=mirrored over two
+  # logical CPU devices in one process (the multi-GPU host): global-batch BN
+  # statistics, all-reduced gradients and Hessian sums and the 1/replicas
+  # share of the penalty and weight decay make each the same computation up
+  # to the order of float32 sums.
+  one, cluster_dir, mirrored = tmp_path / "one", tmp_path / "cluster", tmp_path / "mirrored"
   group.start("one", *SEARCH_FLAGS, f"--model_dir={one}")
+  group.start("mirrored", *SEARCH_FLAGS, f"--model_dir={mirrored}",
+              "--strategy=mirrored", "--logical_cpu_devices=2")
   configs = local_tf_configs(2)
   for index, tf_config in enumerate(configs):
     group.start(f"w{index}", *SEARCH_FLAGS, f"--model_dir={cluster_dir}",
@@ -86,15 +94,18 @@ def test_two_workers_search_preempted_and_resumed_matches_one_process(group, tmp
   for index, tf_config in enumerate(local_tf_configs(2)):
     group.start(f"resumed{index}", *SEARCH_FLAGS, f"--model_dir={cluster_dir}",
                 "--strategy=multi_worker_mirrored", env={"TF_CONFIG": tf_config})
-  assert group.wait("resumed0", "resumed1", "one") == [0, 0, 0], (
-      group.log("resumed0")[-3000:] + group.log("resumed1")[-3000:])
+  assert group.wait("resumed0", "resumed1", "one", "mirrored") == [0, 0, 0, 0], (
+      group.log("resumed0")[-3000:] + group.log("resumed1")[-3000:]
+      + group.log("mirrored")[-3000:])
   assert "resumed from" in group.log("resumed0")
   assert "the chief writes the outputs" in group.log("resumed1")
+  assert "MirroredStrategy over" in group.log("mirrored")
   gammas = _gammas(one)
   assert len(np.unique(np.round(gammas, 3))) > 10      # not trivially equal
-  np.testing.assert_allclose(_gammas(cluster_dir), gammas, rtol=1e-4)
-  assert Genotype.load(cluster_dir / "genotype.json") == Genotype.load(
-      one / "genotype.json")
+  for run in (cluster_dir, mirrored):
+    np.testing.assert_allclose(_gammas(run), gammas, rtol=1e-4, err_msg=run.name)
+    assert Genotype.load(run / "genotype.json") == Genotype.load(
+        one / "genotype.json")
   _assert_only_the_chief_wrote(cluster_dir)
 
 
@@ -200,3 +211,34 @@ def test_cluster_roles_and_worker_hosts(monkeypatch):
   with pytest.raises(ClusterError, match="--task_index=2 is not in 0..1"):
     cluster.tf_config_from_hosts("a:1,b:2", 2)
   assert cluster.resolve_task(RuntimeConfig(strategy="mirrored")) is None
+
+
+def test_weight_decay_term_is_the_gradient_of_the_loss_form():
+  """distribute.add_weight_decay against the gradient of 0.5 wd ||w||^2 added
+  to the loss (the form it replaces), with a scaled loss and for a variable
+  the loss does not reach (whose gradient is None and which still decays).
+  The split over replicas is checked end to end by the 2-worker tests."""
+  from bayesnas_tf import distribute  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  used = tf.Variable(rng.normal(size=(3, 4)).astype(np.float32))
+  unused = tf.Variable(rng.normal(size=(5,)).astype(np.float32))
+  x = tf.constant(rng.normal(size=(2, 3)).astype(np.float32))
+  weight_decay, scale = 3e-2, 128.0
+  variables = [used, unused]
+  with tf.GradientTape(persistent=True) as tape:
+    loss = tf.reduce_sum(tf.tanh(x @ used))
+    with_decay = loss + 0.5 * weight_decay * tf.add_n(
+        [tf.reduce_sum(tf.square(v)) for v in variables])
+  expected = tape.gradient(with_decay, variables)
+  bare = tape.gradient(loss, variables)
+  assert bare[1] is None
+  got = distribute.add_weight_decay(bare, variables, weight_decay)
+  for e, g in zip(expected, got):
+    np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-6, atol=1e-7)
+  scaled = distribute.add_weight_decay(
+      [g * scale for g in bare[:1]] + [None], variables, weight_decay,
+      tf.constant(scale))
+  for e, g in zip(expected, scaled):
+    np.testing.assert_allclose(g.numpy() / scale, e.numpy(), rtol=1e-6, atol=1e-7)
+  # No decay: the gradients pass unchanged (a None stays None).
+  assert distribute.add_weight_decay(bare, variables, 0.0) is bare

@@ -1,25 +1,18 @@
-"""End-to-end search: outputs, resume after a kill, MirroredStrategy, bad input."""
+"""End-to-end search: outputs, a finished run not redone, the CIFAR-10 subset,
+bad input. (Resume after a kill: test_preemption.py; MirroredStrategy:
+test_scale_out.py.)"""
 
 import json
-import pathlib
-import signal
-import time
 
-import numpy as np
 import pytest
 
 from bayesnas_tf.genotype import Genotype
 from bayesnas_tf.ops import PRUNE_THRESHOLD
 from bayesnas_tf.search_space import BAYESNAS_SPACE
 from conftest import CIFAR_SUBSET, TINY_SEARCH_FLAGS, requires_shared_data
-from conftest import run_main, start_main, tree_digest
+from conftest import run_main, tree_digest
 
 PRIMITIVES = ["sep3", "max", "avg", "id"]
-
-
-def _gammas(model_dir):
-  posterior = json.loads((pathlib.Path(model_dir) / "posterior.json").read_text())
-  return np.array([g["gamma"] for g in posterior["groups"]])
 
 
 @pytest.fixture(scope="module")
@@ -102,70 +95,11 @@ def test_finished_search_is_not_redone(finished_search, tmp_path):
   assert tree_digest(model_dir / "checkpoints") == before
 
 
-def _latest_checkpoint_number(model_dir):
-  index = pathlib.Path(model_dir) / "checkpoints" / "checkpoint"
-  if not index.exists():
-    return -1
-  first = index.read_text().splitlines()[0]
-  return int(first.rsplit("ckpt-", 1)[1].rstrip('"'))
+# A search killed mid-run (SIGKILL) and resumed: test_preemption.py.
 
 
-def test_killed_search_resumes_to_the_same_result(finished_search, tmp_path):
-  reference_dir, _ = finished_search
-  model_dir = tmp_path / "killed"
-  flags = (*TINY_SEARCH_FLAGS, f"--model_dir={model_dir}")
-  # Warm-up: 3 steps; search: 3 epochs of 15 steps (global steps 4..48). A
-  # checkpoint at global step 12 or 16 lies inside the first search phase.
-  process = start_main(*flags)
-  deadline = time.time() + 600
-  while _latest_checkpoint_number(model_dir) < 12:
-    assert process.poll() is None, process.stderr.read()[-3000:]
-    assert time.time() < deadline, "no mid-search checkpoint in time"
-    time.sleep(0.2)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  killed_at = _latest_checkpoint_number(model_dir)
-  assert 12 <= killed_at < 48, killed_at   # inside the search phase
-  assert not (model_dir / "genotype.json").exists()
-  result = run_main(*flags)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "resumed from" in result.stderr
-  assert Genotype.load(model_dir / "genotype.json") == Genotype.load(
-      reference_dir / "genotype.json")
-  np.testing.assert_allclose(_gammas(model_dir), _gammas(reference_dir),
-                             rtol=1e-6)
-
-
-def test_mirrored_strategy_matches_one_device(tmp_path):
-  # One warm-up step, one joint step, the Hessian and the update, on one
-  # device and on two replicas of 16 examples each. Global-batch BN
-  # statistics, all-reduced gradients and Hessian sums and the 1/replicas
-  # scaling of the penalty and weight decay make it the same computation up
-  # to the order of float32 sums. Tolerance: rtol 1e-4 on every gamma. (Longer
-  # runs are not compared: the search amplifies rounding by roughly 3-10x per
-  # SGD step on these tiny nets, through max-pool argmax and ReLU switches.)
-  flags = [f for f in TINY_SEARCH_FLAGS if not f.startswith(
-      ("--max_train_examples", "--search_epochs", "--iterations",
-       "--warmup_fraction", "--hessian_batches", "--primitives"))]
-  # Parameter-free ops keep the traces (two replicas each) short; the
-  # stem, preprocessing and classifier still carry BN and weights.
-  flags += ["--primitives=max,avg,id", "--max_train_examples=64", "--warmup_fraction=0.5",
-            "--search_epochs=1", "--iterations=1", "--hessian_batches=1"]
-  runs, processes = {}, {}
-  for strategy in ("default", "mirrored"):  # Both at once: mostly tracing.
-    runs[strategy] = tmp_path / strategy
-    processes[strategy] = start_main(*flags, f"--model_dir={runs[strategy]}",
-                                     f"--strategy={strategy}", "--logical_cpu_devices=2")
-  stderr = {}
-  for strategy, process in processes.items():
-    _, stderr[strategy] = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[strategy][-3000:]
-  assert "MirroredStrategy over" in stderr["mirrored"]
-  gammas = _gammas(runs["default"])
-  assert len(np.unique(np.round(gammas, 3))) > 10     # not trivially equal
-  np.testing.assert_allclose(_gammas(runs["mirrored"]), gammas, rtol=1e-4)
-  assert Genotype.load(runs["mirrored"] / "genotype.json") == Genotype.load(
-      runs["default"] / "genotype.json")
+# --strategy=mirrored against one device: test_scale_out.py (with the
+# two-worker run, against the same one-process run).
 
 
 @requires_shared_data(CIFAR_SUBSET)

@@ -193,18 +193,19 @@ class Compressor:
         per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=labels, logits=logits)
         loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-        if weight_decay:
-          loss += 0.5 * weight_decay * tf.add_n(
-              [tf.reduce_sum(tf.square(v)) for v in variables]) / replicas
         group_lasso = tf.constant(0.0)
         if penalty is not None:
           group_lasso = tf.cast(penalty(), tf.float32)
           loss += group_lasso / replicas
+      # Coupled weight decay: grad += wd * w (distribute.add_weight_decay).
       if self.loss_scale is None:
-        grads = tape.gradient(loss, variables)
+        grads = distribute.add_weight_decay(
+            tape.gradient(loss, variables), variables, weight_decay)
         optimizer.apply_gradients(zip(grads, variables))
       else:  # float16 compute (precision.py)
-        grads = self.loss_scale.gradient(tape, loss, variables)
+        grads = distribute.add_weight_decay(
+            self.loss_scale.gradient(tape, loss, variables), variables,
+            weight_decay, self.loss_scale.scale_value)
         self.loss_scale.apply([(optimizer, grads, variables)])
       correct = tf.reduce_sum(tf.cast(tf.equal(
           tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))

@@ -213,12 +213,6 @@ class BayesNASSearch:
             labels=labels, logits=logits)
         ce = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
         loss = ce
-        if weight_decay:
-          # PyTorch SGD semantics: grad += wd * w on every non-gate weight
-          # (BN included), i.e. 0.5 wd ||W||^2 in the loss (ALGORITHM.md 9.1).
-          decay = 0.5 * weight_decay * tf.add_n(
-              [tf.reduce_sum(tf.square(v)) for v in weight_vars])
-          loss += decay / num_replicas
         penalty = tf.constant(0.0)
         if train_gates:
           omega = {t: tf.cast(v, tf.float32)
@@ -234,6 +228,11 @@ class BayesNASSearch:
       # Gates of a fully pruned edge are unconnected: their gradient is 0.
       grads = [tf.zeros_like(v) if g is None else g
                for v, g in zip(variables, grads)]
+      # PyTorch SGD semantics: grad += wd * w on every non-gate weight (BN
+      # included), i.e. 0.5 wd ||W||^2 in the loss (ALGORITHM.md 9.1).
+      grads[:len(weight_vars)] = distribute.add_weight_decay(
+          grads[:len(weight_vars)], weight_vars, weight_decay,
+          None if self.loss_scale is None else self.loss_scale.scale_value)
       # Clipping of the all-reduced gradient (Keras clips each replica's
       # own before it all-reduces; distribute.clip_summed_gradients).
       clip = search.grad_clip
