@@ -49,6 +49,10 @@ flags.DEFINE_integer("max_rss_mib", 20000,
                      "Skip configurations expected to need more host memory.")
 flags.DEFINE_integer("workers", 2, "Worker processes of the multi-worker "
                      "comparison on the small supernet (0: skip it).")
+flags.DEFINE_integer("timeout_s", 1800, "Give up on one configuration after "
+                     "this many seconds (XLA compiling the paper supernet on "
+                     "a few cores can take long); it prints a line and the "
+                     "next one runs.")
 flags.DEFINE_string("worker", None, "Internal: run one configuration.")
 flags.DEFINE_integer("worker_batch", 18, "Internal.")
 FLAGS = flags.FLAGS
@@ -141,7 +145,14 @@ def main(argv):
     args = [sys.executable, os.path.abspath(__file__), f"--worker={variant}",
             f"--worker_batch={batch}", f"--data={FLAGS.data}",
             f"--steps={FLAGS.steps}"] + (["--small"] if FLAGS.small else [])
-    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    try:
+      result = subprocess.run(args, capture_output=True, text=True, check=False,
+                              timeout=FLAGS.timeout_s)
+    except subprocess.TimeoutExpired:
+      print(f"batch {batch:3d} {variant:34s} gave up after --timeout_s="
+            f"{FLAGS.timeout_s} s (trace, compilation and {FLAGS.steps} steps "
+            "not done)", flush=True)
+      continue
     lines = [l for l in result.stdout.splitlines() if l.startswith("[")]
     if result.returncode or not lines:
       error = (result.stderr.strip().splitlines() or ["?"])[-1][:200]
