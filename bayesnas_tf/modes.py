@@ -51,13 +51,22 @@ def prepare_runtime(config: ExperimentConfig) -> tf.distribute.Strategy:
   keras.utils.set_random_seed(runtime.seed)
   if runtime.deterministic:
     tf.config.experimental.enable_op_determinism()
-  if not (tf.config.list_physical_devices("GPU") or
-          tf.config.list_physical_devices("TPU")):
-    # Grappler's rewrites (layout, remapping) pay off on accelerators; on a
-    # CPU they cost more than they save for the supernet's large graphs
-    # (measured, 5-cell supernet: first call 16 s -> 5 s, step 0.20 -> 0.14 s).
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+  configure_graph_optimizer()
   return distribute.make_strategy(runtime.strategy, runtime)
+
+
+def configure_graph_optimizer() -> bool:
+  """Turns Grappler off on a host without GPU or TPU; returns whether it did.
+
+  Grappler's rewrites (layout, remapping) pay off on accelerators; on a CPU
+  they cost more than they save for the supernet's large graphs (measured,
+  5-cell supernet: first call 16 s -> 5 s, step 0.20 -> 0.14 s; 3-cell C = 4
+  supernet: first call of the search step 4.2 -> 2.3 s, no slower a step).
+  """
+  if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
+    return False
+  tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+  return True
 
 
 def count_params(variables) -> int:

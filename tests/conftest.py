@@ -13,6 +13,20 @@ SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
 CIFAR_SUBSET = SHARED_DATA / "cifar10_subset.npz"
 MNIST = SHARED_DATA / "mnist.npz"
 
+
+def pytest_configure(config):
+  """In-process tests run TensorFlow as main.py does on this host.
+
+  Every mode's prepare_runtime turns Grappler off on a host without an
+  accelerator (modes.configure_graph_optimizer); tests that build networks
+  and step functions in-process skip prepare_runtime, and would otherwise
+  test (and pay for: about 2 s per traced function here) a graph
+  optimiser that the command line does not run on this machine.
+  """
+  del config
+  from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
+  modes.configure_graph_optimizer()
+
 # A search small enough for CI: 3 cells (N R R), C = 4, 4 primitives, 600
 # digits, two iterations so pruned gates are masked in a second round. Per
 # iteration: 3 warm-up steps and 3 x 15 search steps of 32 examples.

@@ -1,4 +1,5 @@
-"""threads.py: TensorFlow's thread pools per mode, and flags that cannot apply."""
+"""threads.py: TensorFlow's thread pools per mode, and flags that cannot apply;
+Grappler on a host without accelerators (modes.configure_graph_optimizer)."""
 
 import dataclasses
 import os
@@ -79,3 +80,12 @@ def test_pools_apply_in_a_fresh_process():
   assert result.returncode == 0, result.stderr[-2000:]
   inter, intra, gpus = result.stdout.split()[-3:]
   assert (inter, intra) == ("3", "0" if int(gpus) else "1")
+
+
+def test_grappler_is_off_without_an_accelerator():
+  from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
+  accelerator = bool(tf.config.list_physical_devices("GPU")
+                     or tf.config.list_physical_devices("TPU"))
+  assert modes.configure_graph_optimizer() == (not accelerator)
+  options = tf.config.optimizer.get_experimental_options()
+  assert options.get("disable_meta_optimizer", False) == (not accelerator)
