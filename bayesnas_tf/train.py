@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import distribute
+from bayesnas_tf import fused_sgd
 from bayesnas_tf import precision
 from bayesnas_tf import preemption
 from bayesnas_tf import progress
@@ -86,7 +87,7 @@ class Trainer:
         self.batch_size, data.num_train, strategy)
     train = config.train
     with strategy.scope():
-      self.optimizer = keras.optimizers.SGD(
+      self.optimizer = fused_sgd.MomentumSGD(
           learning_rate=train.learning_rate, momentum=train.momentum,
           global_clipnorm=train.grad_clip or None, name="sgd")
       self.optimizer.build(model.trainable_variables)

@@ -35,6 +35,7 @@ import tensorflow as tf
 from bayesnas_tf import bn_statistics
 from bayesnas_tf import data as data_lib
 from bayesnas_tf import distribute
+from bayesnas_tf import fused_sgd
 from bayesnas_tf import precision
 from bayesnas_tf import preemption
 from bayesnas_tf import progress
@@ -150,11 +151,11 @@ class BayesNASSearch:
         self.net = self.backend.build_network(self.dataset.num_classes,
                                               self.dataset.image_shape)
       clip = search.grad_clip or None
-      self.weight_optimizer = keras.optimizers.SGD(
+      self.weight_optimizer = fused_sgd.MomentumSGD(
           search.learning_rate, momentum=search.momentum, global_clipnorm=clip,
           name="weight_sgd")
       # Gates: their own SGD, no weight decay (ALGORITHM.md 3.3).
-      self.arch_optimizer = keras.optimizers.SGD(
+      self.arch_optimizer = fused_sgd.MomentumSGD(
           search.arch_learning_rate, momentum=search.arch_momentum,
           name="arch_sgd")
       self.weight_optimizer.build(self.net.weight_variables)
