@@ -14,6 +14,22 @@ CIFAR_SUBSET = SHARED_DATA / "cifar10_subset.npz"
 MNIST = SHARED_DATA / "mnist.npz"
 
 
+# The files that take longest, longest first (measured with --durations).
+# `--dist loadfile` runs each file on one worker in collection order; with
+# the long files first, the short ones fill the end and both workers finish
+# together (alphabetical order left the longest ones for last).
+LONGEST_FIRST = ("test_scale_out.py", "test_search.py", "test_preemption.py",
+                 "test_search_loop.py", "test_jit_recompute.py", "test_retrain.py",
+                 "test_api.py", "test_study.py", "test_proxyless_search.py",
+                 "test_hessian.py", "test_compress.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  del session, config
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def pytest_configure(config):
   """In-process tests run TensorFlow as main.py does on this host.
 

@@ -18,7 +18,10 @@ PRIMITIVES = ["sep3", "max", "avg", "id"]
 @pytest.fixture(scope="module")
 def finished_search(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("search") / "run"
-  result = run_main(*TINY_SEARCH_FLAGS, f"--model_dir={model_dir}")
+  # Also exercises --strategy=one_device (a runtime choice: the other tests
+  # rerun these flags without it).
+  result = run_main(*TINY_SEARCH_FLAGS, "--strategy=one_device",
+                    f"--model_dir={model_dir}")
   assert result.returncode == 0, result.stderr[-3000:]
   return model_dir, result
 
@@ -100,6 +103,18 @@ def test_finished_search_is_not_redone(finished_search, tmp_path):
 
 # --strategy=mirrored against one device: test_scale_out.py (with the
 # two-worker run, against the same one-process run).
+
+
+def test_other_configuration_in_model_dir_is_refused(finished_search):
+  model_dir, _ = finished_search
+  before = tree_digest(model_dir)
+  result = run_main(*TINY_SEARCH_FLAGS, "--channels=8", f"--model_dir={model_dir}")
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  last = "\n".join(result.stderr.strip().splitlines()[-2:])
+  assert "holds a search run with a different configuration" in last
+  assert "supernet.channels: 4 -> 8" in last and "new --model_dir" in last
+  assert tree_digest(model_dir) == before
 
 
 @requires_shared_data(CIFAR_SUBSET)
