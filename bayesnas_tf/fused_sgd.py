@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-PACKAGE = "bayesnas_tf"
+from bayesnas_tf.ops import PACKAGE
 
 
 def _handle(variable):

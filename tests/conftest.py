@@ -1,11 +1,13 @@
 """Shared test helpers: the repository root, ../shared/data, running main.py."""
 
 import hashlib
+import json
 import os
 import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -81,6 +83,12 @@ def start_main(*args, env=None):
       [sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT,
       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
       env=environment)
+
+
+def posterior_gammas(model_dir) -> np.ndarray:
+  """The gamma of every group in a finished search's posterior.json."""
+  posterior = json.loads((pathlib.Path(model_dir) / "posterior.json").read_text())
+  return np.array([g["gamma"] for g in posterior["groups"]])
 
 
 def tree_digest(path) -> dict:

@@ -21,6 +21,7 @@ import pytest
 
 from bayesnas_tf.errors import PREEMPTED_EXIT_CODE
 from bayesnas_tf.genotype import Genotype
+from conftest import posterior_gammas
 from scale_out_util import ProcessGroup, worker_hosts
 
 # Warm-up: 2 steps of 32; search: 2 steps; no periodic checkpoint, so
@@ -71,11 +72,6 @@ def _latest_checkpoint_number(model_dir):
   return int(first.rsplit("ckpt-", 1)[1].rstrip('"'))
 
 
-def _gammas(model_dir):
-  return np.array([g["gamma"] for g in json.loads(
-      (model_dir / "posterior.json").read_text())["groups"]])
-
-
 def test_sigterm_or_sigkill_mid_search_resumes_to_the_same_genotype(group, tmp_path):
   model_dir, reference = tmp_path / "run", tmp_path / "reference"
   last = _preempt_then_resume(group, SEARCH_FLAGS, model_dir, reference)
@@ -83,7 +79,8 @@ def test_sigterm_or_sigkill_mid_search_resumes_to_the_same_genotype(group, tmp_p
                   "step 1 and saved a checkpoint; run the same command to resume")
   assert Genotype.load(model_dir / "genotype.json") == Genotype.load(
       reference / "genotype.json")
-  np.testing.assert_allclose(_gammas(model_dir), _gammas(reference), rtol=1e-6)
+  np.testing.assert_allclose(posterior_gammas(model_dir), posterior_gammas(reference),
+                             rtol=1e-6)
 
   # SIGKILL leaves no time to save: the run resumes from its last periodic
   # checkpoint. A checkpoint after every step (not part of the run's
@@ -108,7 +105,8 @@ def test_sigterm_or_sigkill_mid_search_resumes_to_the_same_genotype(group, tmp_p
   assert "resumed from" in group.log("killed_resumed")
   assert Genotype.load(killed / "genotype.json") == Genotype.load(
       reference / "genotype.json")
-  np.testing.assert_allclose(_gammas(killed), _gammas(reference), rtol=1e-6)
+  np.testing.assert_allclose(posterior_gammas(killed), posterior_gammas(reference),
+                             rtol=1e-6)
 
 
 def _user_cnn(path):

@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 
 from bayesnas_tf.genotype import Genotype
-from conftest import run_main
+from conftest import posterior_gammas, run_main
 from scale_out_util import ProcessGroup, local_tf_configs, worker_hosts
 
 # One warm-up step, one joint step, the ggn Hessian of one batch, the update.
@@ -51,11 +51,6 @@ def group(tmp_path):
   processes = ProcessGroup(tmp_path)
   yield processes
   processes.kill_all()
-
-
-def _gammas(model_dir):
-  posterior = json.loads((pathlib.Path(model_dir) / "posterior.json").read_text())
-  return np.array([g["gamma"] for g in posterior["groups"]])
 
 
 def _assert_only_the_chief_wrote(model_dir):
@@ -100,10 +95,10 @@ def test_search_on_two_workers_and_on_two_mirrored_replicas_matches_one_process(
   assert "resumed from" in group.log("resumed0")
   assert "the chief writes the outputs" in group.log("resumed1")
   assert "MirroredStrategy over" in group.log("mirrored")
-  gammas = _gammas(one)
+  gammas = posterior_gammas(one)
   assert len(np.unique(np.round(gammas, 3))) > 10      # not trivially equal
   for run in (cluster_dir, mirrored):
-    np.testing.assert_allclose(_gammas(run), gammas, rtol=1e-4, err_msg=run.name)
+    np.testing.assert_allclose(posterior_gammas(run), gammas, rtol=1e-4, err_msg=run.name)
     assert Genotype.load(run / "genotype.json") == Genotype.load(
         one / "genotype.json")
   _assert_only_the_chief_wrote(cluster_dir)
