@@ -3,7 +3,10 @@ leaves for scripts: result.json, warnings in the log and in posterior.json,
 and the per-update TensorBoard scalars (items 0 and 4).
 
 One tiny search runs as a subprocess with stdout and stderr to pipes, as in
-a batch job, with --progress left on: the process boundary is the point.
+a batch job, with --progress left on: the process boundary is the point. It
+reads the CIFAR-10 subset (32x32, crop and cutout) where ../shared/data is
+present, so the cell supernet also runs on real 32x32 images; the digits
+elsewhere.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import re
 import pytest
 
 from bayesnas_tf import progress
-from conftest import TINY_SEARCH_FLAGS, run_main
+from conftest import CIFAR_SUBSET, TINY_SEARCH_FLAGS, run_main
 
 ANSI = re.compile(r"\x1b\[")
 # 96 digits in batches of 16: a warm-up of 2 steps and a joint phase of 3
@@ -29,6 +32,10 @@ PIPED_FLAGS = [f for f in TINY_SEARCH_FLAGS if not f.startswith((
         "--max_train_examples=96", "--batch_size=16", "--warmup_fraction=0.4",
         "--search_epochs=1", "--iterations=1", "--primitives=max,id",
         "--log_every=2", "--prune_threshold=1e-12"]
+if CIFAR_SUBSET.exists():
+  PIPED_FLAGS = [f for f in PIPED_FLAGS if not f.startswith((
+      "--dataset", "--crop_padding", "--cutout"))] + [
+          f"--dataset=npz:{CIFAR_SUBSET}", "--crop_padding=4", "--cutout=16"]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +77,10 @@ def test_result_json_and_warning_when_nothing_is_pruned(piped_search):
   assert "search result: the update pruned no op" in output
   posterior = json.loads((model_dir / "posterior.json").read_text())
   assert posterior["warnings"] == result["warnings"]
+  # Every group's verdict is its gamma against the run's threshold.
+  assert all(g["kept"] == (g["gamma"] > 1e-12) for g in posterior["groups"])
+  dataset = next(f for f in PIPED_FLAGS if f.startswith("--dataset="))
+  assert result["genotype"]["search"]["dataset"] == dataset.split("=", 1)[1]
 
 
 def test_update_writes_gamma_entropy_and_kept_scalars(piped_search):

@@ -9,7 +9,7 @@ import pytest
 from bayesnas_tf.genotype import Genotype
 from bayesnas_tf.ops import PRUNE_THRESHOLD
 from bayesnas_tf.search_space import BAYESNAS_SPACE
-from conftest import CIFAR_SUBSET, TINY_SEARCH_FLAGS, requires_shared_data
+from conftest import TINY_SEARCH_FLAGS
 from conftest import run_main, tree_digest
 
 PRIMITIVES = ["sep3", "max", "avg", "id"]
@@ -117,20 +117,5 @@ def test_other_configuration_in_model_dir_is_refused(finished_search):
   assert tree_digest(model_dir) == before
 
 
-@requires_shared_data(CIFAR_SUBSET)
-def test_search_on_the_cifar10_subset(tmp_path):
-  model_dir = tmp_path / "cifar"
-  # The real 32x32 data through the whole pipeline; one short phase each.
-  flags = [f for f in TINY_SEARCH_FLAGS
-           if not f.startswith(("--dataset", "--iterations", "--crop", "--cutout",
-                                "--max_train_examples", "--search_epochs",
-                                "--hessian_batches"))]
-  result = run_main(*flags, f"--dataset=npz:{CIFAR_SUBSET}", "--iterations=1",
-                    "--crop_padding=4", "--cutout=16", "--max_train_examples=160",
-                    "--search_epochs=1", "--hessian_batches=1",
-                    f"--model_dir={model_dir}")
-  assert result.returncode == 0, result.stderr[-3000:]
-  genotype = Genotype.load(model_dir / "genotype.json")
-  assert genotype.search["dataset"] == f"npz:{CIFAR_SUBSET}"
-  assert all(g["kept"] == (g["gamma"] > PRUNE_THRESHOLD) for g in json.loads(
-      (model_dir / "posterior.json").read_text())["groups"])
+# The cell supernet on the CIFAR-10 subset (32x32, crop and cutout):
+# test_progress.py's piped search.
