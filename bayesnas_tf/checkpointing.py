@@ -38,18 +38,24 @@ def variables_by_path(model: keras.layers.Layer) -> Dict[str, tf.Variable]:
 
 
 def restore_latest(checkpoint: tf.train.Checkpoint,
-                   manager: tf.train.CheckpointManager) -> Optional[str]:
+                   manager: tf.train.CheckpointManager,
+                   partial: bool = False) -> Optional[str]:
   """Restores the newest checkpoint, if any; a mismatch is a user error.
 
   Returns the restored path (None when there is none). Every object that
   exists now must find its value in the checkpoint. A non-chief worker of a
-  cluster restores the chief's checkpoint (cluster.py).
+  cluster restores the chief's checkpoint (cluster.py). `partial=True` is
+  for a reader that wants only part of what was written (the export reads a
+  training checkpoint's weights, not its optimizer and position): the rest
+  is left unread without TensorFlow's "could not be found" warnings.
   """
   latest = cluster.checkpoint_to_restore(manager)
   if not latest:
     return None
   try:
-    checkpoint.restore(latest).assert_existing_objects_matched()
+    status = checkpoint.restore(latest).assert_existing_objects_matched()
+    if partial:
+      status.expect_partial()
   except (tf.errors.OpError, AssertionError, ValueError) as error:
     raise CheckpointMismatchError(
         f"checkpoint {latest} cannot be restored into this configuration "

@@ -268,7 +268,7 @@ def run_export(config: ExperimentConfig, flags_text: str = "") -> str:
   checkpoint = tf.train.Checkpoint(model=variables_by_path(model))
   manager = tf.train.CheckpointManager(
       checkpoint, os.path.join(model_dir, "checkpoints"), 1)
-  if restore_latest(checkpoint, manager) is None:
+  if restore_latest(checkpoint, manager, partial=True) is None:
     raise CheckpointMismatchError(
         f"{model_dir} holds no checkpoint to export; train it first")
   # The export flags of this invocation; the trained run's for the rest.
