@@ -5,6 +5,8 @@ All flags are defined here and only here; they become a frozen
 takes the default of the mode's configuration (e.g. the search's SGD lr 0.1).
 """
 
+import importlib.util
+import logging as std_logging
 import os
 import sys
 
@@ -186,9 +188,40 @@ def build_config() -> config_lib.ExperimentConfig:
   return config_lib.config_from_values(FLAGS.mode, values)
 
 
+class TensorFlowInfoFilter(std_logging.Filter):
+  """Drops INFO (and DEBUG) records logged from inside the TensorFlow package.
+
+  TensorFlow logs through absl's logger too (a line per checkpoint shard
+  written, SavedModel asset paths), so it is told apart by the file that
+  logged, not by the logger's name.
+  """
+
+  def __init__(self, package_dirs):
+    super().__init__()
+    self.package_dirs = tuple(os.path.join(d, "") for d in package_dirs)
+
+  def filter(self, record):
+    return (record.levelno >= std_logging.WARNING
+            or not record.pathname.startswith(self.package_dirs))
+
+
+def quiet_tensorflow_info() -> None:
+  """Keeps TensorFlow's own INFO lines out of the job's log, where they would
+  bury the progress lines; its warnings stay, and --verbosity=1 shows all."""
+  if logging.get_verbosity() >= logging.DEBUG:
+    return
+  spec = importlib.util.find_spec("tensorflow")   # finds, does not import
+  if spec is None or not spec.submodule_search_locations:
+    return
+  tf_filter = TensorFlowInfoFilter(spec.submodule_search_locations)
+  logging.get_absl_logger().addFilter(tf_filter)
+  std_logging.getLogger("tensorflow").addFilter(tf_filter)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  quiet_tensorflow_info()
   try:
     # The config is checked before TensorFlow loads (op_names.py), so a
     # mistaken flag is answered at once.

@@ -58,6 +58,9 @@ def test_piped_output_has_no_bar_and_periodic_lines(piped_search):
   # ... and one at the end of every phase, the Hessian pass included.
   for label in ("warmup", "search", "ggn Hessian"):
     assert re.search(rf"iteration 1/1, {label}: done, \d+ step\(s\) in [\d.]+ s", output), label
+  # TensorFlow's own INFO lines (a checkpoint is written every 4 steps here)
+  # stay out of the job's log.
+  assert "Sharding callback duration" not in output
 
 
 def test_result_json_and_warning_when_nothing_is_pruned(piped_search):
