@@ -29,6 +29,12 @@ from bayesnas_tf.errors import ConfigError
 _CELL_NETWORK_MODES = ("search", "study", "retrain", "transfer")
 
 
+def has_accelerator() -> bool:
+  """Whether TensorFlow sees a GPU or a TPU on this host."""
+  return bool(tf.config.list_physical_devices("GPU") or
+              tf.config.list_physical_devices("TPU"))
+
+
 def thread_counts(config: ExperimentConfig, accelerator: bool,
                   cpus: Optional[int]) -> Tuple[int, int]:
   """(inter_op, intra_op) for `config`; 0 means TensorFlow's default."""
@@ -50,9 +56,7 @@ def configure_threads(config: ExperimentConfig) -> Tuple[int, int]:
   cannot change: an explicit flag that differs is an error, a per-mode
   choice is left as it is.
   """
-  accelerator = bool(tf.config.list_physical_devices("GPU") or
-                     tf.config.list_physical_devices("TPU"))
-  inter, intra = thread_counts(config, accelerator, os.cpu_count())
+  inter, intra = thread_counts(config, has_accelerator(), os.cpu_count())
   runtime = config.runtime
   for name, value, explicit, setter, getter in (
       ("inter_op_threads", inter, runtime.inter_op_threads is not None,

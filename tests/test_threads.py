@@ -2,6 +2,7 @@
 Grappler on a host without accelerators (modes.configure_graph_optimizer)."""
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -89,3 +90,14 @@ def test_grappler_is_off_without_an_accelerator():
   assert modes.configure_graph_optimizer() == (not accelerator)
   options = tf.config.optimizer.get_experimental_options()
   assert options.get("disable_meta_optimizer", False) == (not accelerator)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_jit_compile_without_an_accelerator_warns(jit, tmp_path, caplog):
+  from bayesnas_tf import api  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
+  config = api.make_config("search", jit_compile=jit, model_dir=str(tmp_path))
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    modes.prepare_runtime(config)
+  warned = [r for r in caplog.records if "--jit_compile on a host" in r.getMessage()]
+  assert len(warned) == int(jit and not threads.has_accelerator())
