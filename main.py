@@ -19,6 +19,7 @@ from absl import logging
 from bayesnas_tf import config as config_lib
 from bayesnas_tf.errors import BayesNASError
 from bayesnas_tf.errors import PREEMPTED_EXIT_CODE, Preempted
+from bayesnas_tf.genotype import resolve_genotype
 
 FLAGS = flags.FLAGS
 
@@ -226,6 +227,9 @@ def main(argv):
     # The config is checked before TensorFlow loads (op_names.py), so a
     # mistaken flag is answered at once.
     config = build_config()
+    if config.mode in ("retrain", "transfer"):
+      # So is --genotype: read and checked here, TensorFlow-free.
+      resolve_genotype(config.train.genotype)
     from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
     if FLAGS.summary_only:
       for key, value in modes.summary(config).items():

@@ -26,7 +26,7 @@ import json
 import os
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from bayesnas_tf import ops
+from bayesnas_tf import op_names
 from bayesnas_tf import tree_genotype
 from bayesnas_tf.errors import GenotypeError
 from bayesnas_tf.io_utils import atomic_write_text, json_provenance
@@ -63,7 +63,7 @@ def _validate_cell(cell_type: str, nodes: Any) -> CellGenotype:
   if not nodes:
     raise GenotypeError(
         f"genotype {cell_type} cell has no nodes; give at least node n0")
-  valid_ops = ", ".join(ops.PRIMITIVES)
+  valid_ops = ", ".join(op_names.PRIMITIVES)
   cell = []
   for j, entries in enumerate(nodes):
     node = _node_name(j)
@@ -80,7 +80,7 @@ def _validate_cell(cell_type: str, nodes: Any) -> CellGenotype:
             f"{where}, entry {k} must be a 2-element [op, input] list of "
             f"strings; received {entry!r}")
       op, src = entry
-      if op not in ops.OPS:
+      if op not in op_names.PRIMITIVES:
         raise GenotypeError(
             f"{where}, entry {k}: unknown op {op!r}; valid ops are {valid_ops}")
       inputs = _valid_inputs(j)

@@ -30,7 +30,6 @@ import json
 import os
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from bayesnas_tf import tree_ops
 from bayesnas_tf.errors import ConfigError, GenotypeError
 from bayesnas_tf.io_utils import atomic_write_text, json_provenance
 from bayesnas_tf.tree_space import START_PLANES, TREE_SPACES, TREECELL_A
@@ -232,6 +231,8 @@ def trainable_params(genotype: TreeGenotype, num_classes: int = 10) -> int:
 
 def cell_params(cell: TreeCellSpec, channels: int) -> int:
   """Trainable parameters of one tree cell at width C (PROXYLESS.md 1.4)."""
+  # Imported here: genotypes are read and checked before TensorFlow loads.
+  from bayesnas_tf import tree_ops  # pylint: disable=g-import-not-at-top
   total = 0 if cell.pre_edge is None else tree_ops.op_params(cell.pre_edge, channels)
 
   def visit(node: TreeNodeSpec, width: int, is_root: bool) -> int:
