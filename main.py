@@ -17,6 +17,7 @@ from absl import flags
 from absl import logging
 
 from bayesnas_tf import config as config_lib
+from bayesnas_tf.dataset_spec import check_local_dataset
 from bayesnas_tf.errors import BayesNASError
 from bayesnas_tf.errors import PREEMPTED_EXIT_CODE, Preempted
 from bayesnas_tf.genotype import resolve_genotype
@@ -227,9 +228,11 @@ def main(argv):
     # The config is checked before TensorFlow loads (op_names.py), so a
     # mistaken flag is answered at once.
     config = build_config()
+    # So are --genotype and a local --dataset path (TensorFlow-free checks).
     if config.mode in ("retrain", "transfer"):
-      # So is --genotype: read and checked here, TensorFlow-free.
       resolve_genotype(config.train.genotype)
+    if config.mode != "export":
+      check_local_dataset(config.data.dataset)
     from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
     if FLAGS.summary_only:
       for key, value in modes.summary(config).items():

@@ -26,11 +26,10 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from bayesnas_tf import dataset_spec
+# Re-exported: callers read them as data.NPZ_PREFIX etc.
+from bayesnas_tf.dataset_spec import EMBEDDED_DIGITS, FOLDER_PREFIX, NPZ_PREFIX  # pylint: disable=unused-import
 from bayesnas_tf.errors import DataError
-
-NPZ_PREFIX = "npz:"
-FOLDER_PREFIX = "folder:"
-EMBEDDED_DIGITS = "digits"
 
 # (image_shape, num_classes) of the datasets whose metadata is known without
 # loading them, so `--mode=summary` and model building need no data.
@@ -283,13 +282,7 @@ def _one_line(error: BaseException) -> str:
 
 def _load_npz(spec: str, path: str) -> ImageDataset:
   """An `.npz` with x_train, y_train, x_test, y_test and maybe class_names."""
-  path = os.path.expanduser(path)
-  if not path:
-    raise DataError("--dataset=npz: needs a file path; pass "
-                    "--dataset=npz:/path/to/data.npz")
-  if not os.path.isfile(path):
-    raise DataError(f"npz file {path!r} does not exist; pass "
-                    "--dataset=npz:PATH naming an existing .npz file")
+  path = dataset_spec.check_npz_path(path)
   try:
     with np.load(path, allow_pickle=False) as npz:
       missing = [k for k in ("x_train", "y_train", "x_test", "y_test")
@@ -325,14 +318,7 @@ def _load_npz(spec: str, path: str) -> ImageDataset:
 
 def _load_folder(spec: str, root: str) -> ImageDataset:
   """Class-per-folder images `root/{train,test}/<class>/*.jpg` via TFDS."""
-  root = os.path.expanduser(root)
-  if not root:
-    raise DataError("--dataset=folder: needs a directory; pass "
-                    "--dataset=folder:/path/with/train_and_test")
-  if not os.path.isdir(root):
-    raise DataError(f"image folder {root!r} does not exist; pass "
-                    "--dataset=folder:PATH with PATH/train/<class>/*.jpg and "
-                    "PATH/test/<class>/*.jpg")
+  root = dataset_spec.check_folder_root(root)
   for split in ("train", "test"):
     if not os.path.isdir(os.path.join(root, split)):
       raise DataError(f"image folder {root!r} has no {split}/ split; lay it "

@@ -27,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import data as data_lib
-from bayesnas_tf.data import FOLDER_PREFIX
+from bayesnas_tf import dataset_spec
+from bayesnas_tf.dataset_spec import FOLDER_PREFIX
 from bayesnas_tf.errors import DataError
 
 IMAGENET = "imagenet2012"
@@ -192,10 +193,7 @@ def load_streaming_dataset(spec: str, data_dir: Optional[str], download: bool,
   if image_size <= 0:
     raise DataError(f"--image_size must be positive for {spec}; the paper uses 224")
   if spec.startswith(FOLDER_PREFIX):
-    root = spec[len(FOLDER_PREFIX):]
-    if not os.path.isdir(root):
-      raise DataError(f"folder {root} does not exist; pass --dataset=folder:PATH "
-                      "with PATH/train/<class>/ and PATH/test/<class>/")
+    root = dataset_spec.check_folder_root(spec[len(FOLDER_PREFIX):])
     classes, train_paths, train_labels = _list_folder(root, "train")
     _, test_paths, test_labels = _list_folder(root, "test", classes)
     mean, std = _folder_statistics(train_paths, image_size)

@@ -37,6 +37,8 @@ def test_summary_only_paper_supernet():
     (("--mode=search", "--search_space=nas"), "unknown search space 'nas'"),
     (("--mode=search", "--dataset=nosuch"), "unknown --dataset 'nosuch'"),
     (("--mode=search", "--dataset=npz:/no/such/file.npz"), "does not exist"),
+    (("--mode=transfer", "--genotype=bayesnas_l0.01", "--dataset=folder:/no/such/dir"),
+     "image folder '/no/such/dir' does not exist"),
     (("--mode=search", "--intra_op_threads=-1"), "--intra_op_threads must be >= 0"),
 ])
 def test_bad_flags(tmp_path, args, message):

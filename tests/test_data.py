@@ -212,9 +212,15 @@ def test_bad_npz(tmp_path, change, pattern):
     data.load_dataset(f"npz:{path}")
 
 
-def test_missing_npz_file(tmp_path):
+def test_missing_npz_file_or_folder(tmp_path):
   with pytest.raises(DataError, match="nope.npz' does not exist"):
     data.load_dataset(f"npz:{tmp_path / 'nope.npz'}")
+  # The loaders check what main.py checks before TensorFlow loads.
+  from bayesnas_tf import streaming_data  # pylint: disable=g-import-not-at-top
+  for load in (lambda spec: data.load_dataset(spec),
+               lambda spec: streaming_data.load_streaming_dataset(spec, None, False, 64)):
+    with pytest.raises(DataError, match="image folder '.*nope' does not exist"):
+      load(f"folder:{tmp_path / 'nope'}")
 
 
 # --- splits ------------------------------------------------------------------
