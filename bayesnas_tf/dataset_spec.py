@@ -16,29 +16,27 @@ FOLDER_PREFIX = "folder:"
 EMBEDDED_DIGITS = "digits"
 
 
-def check_npz_path(path: str) -> str:
-  """The user-expanded path of an existing .npz file, or a DataError."""
+def _existing(prefix: str, path: str, exists, what: str, example: str,
+              noun: str, layout: str) -> str:
   path = os.path.expanduser(path)
   if not path:
-    raise DataError("--dataset=npz: needs a file path; pass "
-                    "--dataset=npz:/path/to/data.npz")
-  if not os.path.isfile(path):
-    raise DataError(f"npz file {path!r} does not exist; pass "
-                    "--dataset=npz:PATH naming an existing .npz file")
+    raise DataError(f"--dataset={prefix} needs {what}; pass --dataset={prefix}{example}")
+  if not exists(path):
+    raise DataError(f"{noun} {path!r} does not exist; pass --dataset={prefix}PATH {layout}")
   return path
+
+
+def check_npz_path(path: str) -> str:
+  """The user-expanded path of an existing .npz file, or a DataError."""
+  return _existing(NPZ_PREFIX, path, os.path.isfile, "a file path",
+                   "/path/to/data.npz", "npz file", "naming an existing .npz file")
 
 
 def check_folder_root(root: str) -> str:
   """The user-expanded path of an existing image folder, or a DataError."""
-  root = os.path.expanduser(root)
-  if not root:
-    raise DataError("--dataset=folder: needs a directory; pass "
-                    "--dataset=folder:/path/with/train_and_test")
-  if not os.path.isdir(root):
-    raise DataError(f"image folder {root!r} does not exist; pass "
-                    "--dataset=folder:PATH with PATH/train/<class>/*.jpg and "
-                    "PATH/test/<class>/*.jpg")
-  return root
+  return _existing(FOLDER_PREFIX, root, os.path.isdir, "a directory",
+                   "/path/with/train_and_test", "image folder",
+                   "with PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg")
 
 
 def check_local_dataset(spec: str) -> None:
