@@ -23,7 +23,7 @@ from bayesnas_tf import progress
 from conftest import CIFAR_SUBSET, TINY_SEARCH_FLAGS, run_main
 
 ANSI = re.compile(r"\x1b\[")
-# 96 digits in batches of 16: a warm-up of 2 steps and a joint phase of 3
+# 96 images in batches of 16: a warm-up of 2 steps and a joint phase of 3
 # steps, a log line every 2 steps; a threshold no gamma reaches, so the
 # update prunes nothing and the search must say so.
 PIPED_FLAGS = [f for f in TINY_SEARCH_FLAGS if not f.startswith((

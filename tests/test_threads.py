@@ -85,8 +85,7 @@ def test_pools_apply_in_a_fresh_process():
 
 def test_grappler_is_off_without_an_accelerator():
   from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
-  accelerator = bool(tf.config.list_physical_devices("GPU")
-                     or tf.config.list_physical_devices("TPU"))
+  accelerator = threads.has_accelerator()
   assert modes.configure_graph_optimizer() == (not accelerator)
   options = tf.config.optimizer.get_experimental_options()
   assert options.get("disable_meta_optimizer", False) == (not accelerator)
