@@ -21,6 +21,7 @@ from typing import Callable, Dict, Sequence, Tuple
 import keras
 import tensorflow as tf
 
+from bayesnas_tf import fast_conv
 from bayesnas_tf import op_names
 from bayesnas_tf.batch_norm import BatchNorm
 from bayesnas_tf.batch_norm import bfloat16_on_cpu
@@ -97,8 +98,9 @@ def padded_depthwise(pad_layer: keras.layers.ZeroPadding2D,
   At stride 1 a symmetric zero pad of d(k-1)/2 followed by a VALID conv is
   exactly TF's "SAME" conv (which pads (k-1)/2 zeros on both sides for odd
   effective kernels), and the fused kernel skips the pad's copy forward and
-  its slice backward. Other cases (stride 2, where "SAME" pads (0, 1)) run
-  the pad and a VALID conv.
+  its slice backward (and on a CPU a 5x5 kernel's filter gradient takes
+  `fast_conv.depthwise_same`'s faster route). Other cases (stride 2, where
+  "SAME" pads (0, 1)) run the pad and a VALID conv.
 
   A bfloat16 `x` on a CPU is convolved in float32 (`bfloat16_on_cpu`): the
   result is cast back, so the op still computes in its dtype policy.
@@ -118,8 +120,11 @@ def padded_depthwise(pad_layer: keras.layers.ZeroPadding2D,
       and depthwise.kernel_size[1] == kernel and kernel % 2 == 1
       and tuple(depthwise.dilation_rate) == (rate, rate)
       and _symmetric_pad(pad_layer) == rate * (kernel - 1) // 2):
-    y = tf.nn.depthwise_conv2d(y, weights, [1, 1, 1, 1], "SAME",
-                               dilations=depthwise.dilation_rate)
+    if rate == 1:
+      y = fast_conv.depthwise_same(y, weights)
+    else:
+      y = tf.nn.depthwise_conv2d(y, weights, [1, 1, 1, 1], "SAME",
+                                 dilations=depthwise.dilation_rate)
   else:
     (top, bottom), (left, right) = pad_layer.padding
     y = tf.nn.depthwise_conv2d(
@@ -230,6 +235,17 @@ class SepConv(SequenceOp):
     return config
 
 
+def _fold_pointwise(shape, kernel_size: int, channels: int) -> bool:
+  """Whether composing a kxk and a 1x1 kernel (k^2 C^3 multiply-adds, three
+  times with the gradients) costs less than the 1x1 conv it replaces
+  (N H W C^2, three times): k^2 C < N H W for the conv's output `shape`.
+  Unknown sizes keep the two convs."""
+  batch, height, width = shape[0], shape[1], shape[2]
+  if batch is None or height is None or width is None:
+    return False
+  return kernel_size * kernel_size * channels < batch * height * width
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class DilConv(keras.layers.Layer):
   """Dense dilated conv k x k (dilation 2) then 1x1 (params (k^2+1)C^2 + 2C).
@@ -244,7 +260,10 @@ class DilConv(keras.layers.Layer):
   stride equal to the dilation s, output_s[i] = sum_j w_j x_pad[s(i + j)],
   i.e. an undilated "SAME" conv of the subsampled input x[::s, ::s] (the pad
   d(k-1)/2 is a multiple of s), which skips the s^2 - 1 of every s^2
-  outputs that the stride-1 conv computes only to drop them.
+  outputs that the stride-1 conv computes only to drop them. Where the
+  batch is large enough (`_fold_pointwise`), the 1x1 conv is folded into
+  the kxk kernel. The variables, and so the parameter count, checkpoints
+  and the op's function, are unchanged.
   """
 
   def __init__(self, channels: int, kernel_size: int = 3, stride: int = 1,
@@ -282,17 +301,24 @@ class DilConv(keras.layers.Layer):
 
   def call(self, inputs, training=None):
     x = self.relu(self.bn(inputs, training=training))
-    if self.stride == 1 and self._same_is_exact():
-      x = tf.nn.convolution(x, self.conv.kernel, padding="SAME",
-                            dilations=self.dilation)
-    elif self.stride == self.dilation and self._same_is_exact():
-      x = tf.nn.convolution(x[:, ::self.stride, ::self.stride, :],
-                            self.conv.kernel, padding="SAME")
-    else:
+    if not self._same_is_exact() or self.stride not in (1, self.dilation):
       x = self.conv(self.pad(x))
       if self.stride > 1:
         x = x[:, ::self.stride, ::self.stride, :]
-    return self.pointwise(x)
+      return self.pointwise(x)
+    rate = self.dilation
+    if self.stride > 1:
+      x, rate = x[:, ::self.stride, ::self.stride, :], 1
+    kernel = self.conv.kernel
+    pointwise = self.pointwise.kernel
+    if _fold_pointwise(x.shape, self.kernel_size, self.channels):
+      # The 1x1 conv after the kxk conv is linear, so both are one kxk conv
+      # with the composed kernel W[.., i, o] = sum_m W_k[.., i, m] W_1[m, o];
+      # autodiff gives each kernel its own gradient through the product.
+      kernel = tf.einsum("hwim,mo->hwio", kernel, pointwise[0, 0])
+      return fast_conv.same_conv(x, kernel, rate)
+    return tf.nn.conv2d(fast_conv.same_conv(x, kernel, rate), pointwise, 1,
+                        "VALID")
 
   def _same_is_exact(self) -> bool:
     return (self.kernel_size % 2 == 1 and not self.conv.use_bias

@@ -1,0 +1,133 @@
+"""fast_conv.py and DilConv's folded 1x1: the same numbers as the plain
+TensorFlow route (values and first and second derivatives), against
+references that do not use the fast paths."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bayesnas_tf import fast_conv
+from bayesnas_tf import ops
+
+
+def _random(shape, seed):
+  return tf.constant(np.random.default_rng(seed).normal(size=shape), tf.float32)
+
+
+def _value_and_grads(fn, x, kernel):
+  with tf.GradientTape() as tape:
+    tape.watch([x, kernel])
+    y = fn(x, kernel)
+    loss = tf.reduce_sum(y * tf.cast(_random(y.shape, 7), y.dtype))
+  return [y, *tape.gradient(loss, [x, kernel])]
+
+
+@pytest.mark.parametrize("size,channels,k", ((8, 3, 5), (7, 4, 5), (6, 2, 7),
+                                             (6, 3, 3)))
+def test_depthwise_same_matches_the_native_kernel(size, channels, k):
+  x = _random((3, size, size, channels), 0)
+  kernel = _random((k, k, channels, 1), 1)
+  ours = _value_and_grads(fast_conv.depthwise_same, x, kernel)
+  plain = _value_and_grads(
+      lambda a, w: tf.nn.depthwise_conv2d(a, w, [1, 1, 1, 1], "SAME"), x, kernel)
+  for a, b in zip(ours, plain):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_filter_gradient_against_numpy():
+  # dK[i, j, c] = sum over n, h, w of xpad[n, h + i, w + j, c] dy[n, h, w, c].
+  x = _random((2, 6, 5, 3), 2)
+  dy = _random((2, 6, 5, 3), 3)
+  xp = np.pad(x.numpy(), ((0, 0), (2, 2), (2, 2), (0, 0)))
+  expected = np.zeros((5, 5, 3, 1), np.float32)
+  for i in range(5):
+    for j in range(5):
+      expected[i, j, :, 0] = np.sum(xp[:, i:i + 6, j:j + 5] * dy.numpy(),
+                                    axis=(0, 1, 2))
+  got = fast_conv._depthwise_filter_gradient(x, dy, 5)  # pylint: disable=protected-access
+  np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_same_second_derivative():
+  # The exact Hessian (nested tapes) differentiates the backward pass.
+  x = _random((2, 6, 6, 2), 4)
+  kernel = _random((5, 5, 2, 1), 5)
+
+  def hvp(fn):
+    with tf.GradientTape() as outer:
+      outer.watch(x)
+      with tf.GradientTape() as inner:
+        inner.watch([x, kernel])
+        loss = tf.reduce_sum(tf.square(fn(x, kernel)))
+      grad_x, grad_k = inner.gradient(loss, [x, kernel])
+      pairing = tf.reduce_sum(grad_x * x) + tf.reduce_sum(grad_k)
+    return outer.gradient(pairing, x)
+
+  plain = hvp(lambda a, w: tf.nn.depthwise_conv2d(a, w, [1, 1, 1, 1], "SAME"))
+  np.testing.assert_allclose(hvp(fast_conv.depthwise_same).numpy(),
+                             plain.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rate", (1, 2))
+def test_same_conv_matches_explicit_padding(rate):
+  x = _random((2, 9, 9, 3), 6)
+  kernel = _random((5, 5, 3, 4), 7)
+  pad = rate * 2
+  # tf.nn.convolution runs a dilated VALID conv as SpaceToBatchND + an
+  # undilated conv: a route independent of the native dilated kernel.
+  reference = tf.nn.convolution(
+      tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]]), kernel,
+      padding="VALID", dilations=rate)
+  np.testing.assert_allclose(fast_conv.same_conv(x, kernel, rate).numpy(),
+                             reference.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", (1, 2))
+@pytest.mark.parametrize("batch", (1, 16))
+def test_dil_conv_folded_and_unfolded_agree(stride, batch):
+  """batch 16 folds the 1x1 into the kxk kernel (k^2 C < N H W), batch 1
+  does not; both equal the op's Keras sublayers applied one by one."""
+  c, size = 4, 8
+  op = ops.DilConv(c, 5, stride)
+  op.build((None, size, size, c))
+  rng = np.random.default_rng(0)
+  op.set_weights([rng.normal(size=w.shape).astype(np.float32)
+                  for w in op.get_weights()])
+  out = (size - 1) // stride + 1
+  assert ops._fold_pointwise((batch, out, out, c), 5, c) == (batch == 16)  # pylint: disable=protected-access
+  x = _random((batch, size, size, c), 8)
+
+  def chain():
+    y = op.conv(op.pad(op.relu(op.bn(x, training=False))))
+    return op.pointwise(y[:, ::stride, ::stride, :])
+
+  kernels = [op.conv.kernel, op.pointwise.kernel]
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    ours = op(x, training=False)
+    reference = chain()
+    weights = _random(ours.shape, 9)
+    loss_ours = tf.reduce_sum(ours * weights)
+    loss_reference = tf.reduce_sum(reference * weights)
+  np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-4,
+                             atol=1e-4)
+  for a, b in zip(tape.gradient(loss_ours, [x, *kernels]),
+                  tape.gradient(loss_reference, [x, *kernels])):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", (tf.float16, tf.bfloat16))
+def test_same_conv_differentiates_in_half_precision(dtype):
+  # Where the host's kernels refuse a dilation in a dtype (float16 on a
+  # oneDNN CPU), the probe says so and the space-to-batch route is taken;
+  # the function and its gradients then run and agree with float32.
+  x = _random((2, 9, 9, 3), 10)
+  kernel = _random((3, 3, 3, 4), 11)
+  expected = _value_and_grads(lambda a, w: fast_conv.same_conv(a, w, 2), x,
+                              kernel)
+  got = _value_and_grads(lambda a, w: fast_conv.same_conv(a, w, 2),
+                         tf.cast(x, dtype), tf.cast(kernel, dtype))
+  for a, b in zip(got, expected):
+    assert a.dtype == dtype
+    np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), b.numpy(),
+                               rtol=0.05, atol=0.1)
