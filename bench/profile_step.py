@@ -53,7 +53,9 @@ def op_kind(path: str, op_type: str) -> str:
   if op_type.startswith("DepthwiseConv2dNative"):
     return "depthwise convs"
   if op_type.startswith("Conv2D"):
-    if re.search(r"/dil\d+(_\d+)?/(convolution|dilated)", path):
+    # The kxk conv of a dil op (its 1x1 is folded in, or is "pointwise").
+    if (re.search(r"/dil\d+(_\d+)?/", path)
+        and not re.search(r"/pointwise(_\d+)?/", path)):
       return "dense dilated convs (dil3, dil5)"
     return "1x1 and reduction convs"
   if "BatchNorm" in op_type:

@@ -131,3 +131,21 @@ def test_same_conv_differentiates_in_half_precision(dtype):
     assert a.dtype == dtype
     np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), b.numpy(),
                                rtol=0.05, atol=0.1)
+
+
+@pytest.mark.parametrize("shape", ((3, 5, 4, 6), (1, 1, 1, 2)))
+def test_pointwise_matches_a_1x1_conv(shape):
+  x = _random(shape, 12)
+  kernel = _random((1, 1, shape[-1], 5), 13)
+  ours = _value_and_grads(fast_conv.pointwise, x, kernel)
+  plain = _value_and_grads(lambda a, w: tf.nn.conv2d(a, w, 1, "VALID"), x,
+                           kernel)
+  assert ours[0].shape == (*shape[:-1], 5)
+  for a, b in zip(ours, plain):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_keeps_an_unknown_batch_size():
+  fn = tf.function(fast_conv.pointwise).get_concrete_function(
+      tf.TensorSpec([None, 4, 4, 3]), tf.TensorSpec([1, 1, 3, 2]))
+  assert fn.structured_outputs.shape.as_list() == [None, 4, 4, 2]

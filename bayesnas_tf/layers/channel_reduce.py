@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from bayesnas_tf import fast_conv
 from bayesnas_tf import ops
 
 SIZE_REDUCTIONS = ("none", "conv", "factorized")
@@ -78,7 +79,8 @@ class ChannelReduce(keras.layers.Layer):
       shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
       x = tf.concat([self.reduce_convs[0](x), self.reduce_convs[1](shifted)],
                     axis=-1)
-    return self.conv(self.relu(self.bn(x, training=training)))
+    return fast_conv.pointwise(self.relu(self.bn(x, training=training)),
+                               self.conv.kernel)
 
   def compute_output_shape(self, input_shape):
     return self._reduced_shape(input_shape)[:-1] + (self.channels,)
