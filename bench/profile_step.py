@@ -58,6 +58,8 @@ def op_kind(path: str, op_type: str) -> str:
         and not re.search(r"/pointwise(_\d+)?/", path)):
       return "dense dilated convs (dil3, dil5)"
     return "1x1 and reduction convs"
+  if op_type == "MatMul":  # fast_conv.pointwise: 1x1 convs as matmuls
+    return "1x1 and reduction convs"
   if "BatchNorm" in op_type:
     return "batch norm"
   if op_type in ("Mul", "AddN", "Sum", "AddV2"):

@@ -149,3 +149,42 @@ def test_pointwise_keeps_an_unknown_batch_size():
   fn = tf.function(fast_conv.pointwise).get_concrete_function(
       tf.TensorSpec([None, 4, 4, 3]), tf.TensorSpec([1, 1, 3, 2]))
   assert fn.structured_outputs.shape.as_list() == [None, 4, 4, 2]
+
+
+@pytest.mark.parametrize("size,k,rate", ((8, 5, 2), (5, 3, 2), (4, 3, 1)))
+def test_same_conv_on_small_maps_matches_padding_and_differentiates_twice(
+    size, k, rate):
+  # The window (rate (k - 1) + 1) spans the map: on a CPU the filter
+  # gradient takes the shifted-matmul route.
+  x = _random((3, size, size, 4), 14)
+  kernel = _random((k, k, 4, 5), 15)
+  pad = rate * (k // 2)
+
+  def reference(a, w):
+    return tf.nn.convolution(tf.pad(a, [[0, 0], [pad, pad], [pad, pad], [0, 0]]),
+                             w, padding="VALID", dilations=rate)
+
+  ours = _value_and_grads(lambda a, w: fast_conv.same_conv(a, w, rate), x,
+                          kernel)
+  for a, b in zip(ours, _value_and_grads(reference, x, kernel)):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+  got = fast_conv._dilated_filter_gradient(x, _random((3, size, size, 5), 16),  # pylint: disable=protected-access
+                                           k, rate)
+  assert got.shape == (k, k, 4, 5)
+
+  # In a function, as the exact Hessian runs (eagerly, TensorFlow cannot
+  # differentiate Conv2DBackpropFilter: its gradient reads a missing attr).
+  @tf.function
+  def hvp(fn):
+    with tf.GradientTape() as outer:
+      outer.watch(x)
+      with tf.GradientTape() as inner:
+        inner.watch([x, kernel])
+        loss = tf.reduce_sum(tf.square(fn(x, kernel)))
+      grad_x, grad_k = inner.gradient(loss, [x, kernel])
+      pairing = tf.reduce_sum(grad_x * x) + tf.reduce_sum(grad_k * kernel)
+    return outer.gradient(pairing, x)
+
+  np.testing.assert_allclose(
+      hvp(lambda a, w: fast_conv.same_conv(a, w, rate)).numpy(),
+      hvp(reference).numpy(), rtol=1e-3, atol=1e-3)
