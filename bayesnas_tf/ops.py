@@ -133,19 +133,6 @@ def padded_depthwise(pad_layer: keras.layers.ZeroPadding2D,
   return tf.cast(y, x.dtype) if upcast else y
 
 
-def scaled_kernel(kernel, scale=None):
-  """`kernel * scale` for a scalar `scale` (None: the kernel as it is).
-
-  A linear op's output times a gate equals the op with its last kernel
-  times the gate, and autodiff gives the gate the same gradient,
-  sum(dL/dK' * K): ops with `folds_output_scale` take the gate this way.
-  """
-  if scale is None:
-    return kernel
-  kernel = tf.convert_to_tensor(kernel)
-  return kernel * tf.cast(scale, kernel.dtype)
-
-
 def strided_size(size, stride: int):
   """Spatial size after a padded 3x3/1x1 op of the given stride."""
   if size is None:
@@ -232,12 +219,7 @@ class SepConv(SequenceOp):
           conv1x1(channels, 1, f"pointwise{block}", policy),
       ]
 
-  folds_output_scale = True
-
-  def call(self, inputs, training=None, output_scale=None):
-    """`output_scale`: an optional scalar that multiplies the output (a
-    gate, eq. 1), applied to the last 1x1 kernel instead (C^2 products
-    instead of N H W C)."""
+  def call(self, inputs, training=None):
     # The chain of `SequenceOp.call`, with each pad fused into the
     # depthwise conv after it (`padded_depthwise`) and the 1x1 convs as
     # matmuls (`fast_conv.pointwise`): same numbers.
@@ -245,10 +227,8 @@ class SepConv(SequenceOp):
     for bn, relu, pad, depthwise, pointwise in (self._chain[:5],
                                                  self._chain[5:]):
       x = relu(bn(x, training=training))
-      kernel = pointwise.kernel
-      if pointwise is self._chain[-1]:
-        kernel = scaled_kernel(kernel, output_scale)
-      x = fast_conv.pointwise(padded_depthwise(pad, depthwise, x), kernel)
+      x = fast_conv.pointwise(padded_depthwise(pad, depthwise, x),
+                              pointwise.kernel)
     return x
 
   def get_config(self):
@@ -321,17 +301,13 @@ class DilConv(keras.layers.Layer):
     self.pointwise.build(self.compute_output_shape(input_shape))
     self.built = True
 
-  folds_output_scale = True
-
-  def call(self, inputs, training=None, output_scale=None):
-    """`output_scale`: as for `SepConv`, folded into the 1x1 kernel."""
+  def call(self, inputs, training=None):
     x = self.relu(self.bn(inputs, training=training))
-    pointwise = scaled_kernel(self.pointwise.kernel, output_scale)
     if not self._same_is_exact() or self.stride not in (1, self.dilation):
       x = self.conv(self.pad(x))
       if self.stride > 1:
         x = x[:, ::self.stride, ::self.stride, :]
-      return fast_conv.pointwise(x, pointwise)
+      return self.pointwise(x)
     rate = self.dilation
     if self.stride > 1:
       x, rate = x[:, ::self.stride, ::self.stride, :], 1
@@ -339,10 +315,11 @@ class DilConv(keras.layers.Layer):
       # The 1x1 conv after the kxk conv is linear, so both are one kxk conv
       # with the composed kernel W[.., i, o] = sum_m W_k[.., i, m] W_1[m, o];
       # autodiff gives each kernel its own gradient through the product.
-      kernel = tf.einsum("hwim,mo->hwio", self.conv.kernel, pointwise[0, 0])
+      kernel = tf.einsum("hwim,mo->hwio", self.conv.kernel,
+                         self.pointwise.kernel[0, 0])
       return fast_conv.same_conv(x, kernel, rate)
     return fast_conv.pointwise(fast_conv.same_conv(x, self.conv.kernel, rate),
-                               pointwise)
+                               self.pointwise.kernel)
 
   def _same_is_exact(self) -> bool:
     return (self.kernel_size % 2 == 1 and not self.conv.use_bias

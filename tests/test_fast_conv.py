@@ -188,32 +188,3 @@ def test_same_conv_on_small_maps_matches_padding_and_differentiates_twice(
   np.testing.assert_allclose(
       hvp(lambda a, w: fast_conv.same_conv(a, w, rate)).numpy(),
       hvp(reference).numpy(), rtol=1e-3, atol=1e-3)
-
-
-@pytest.mark.parametrize("name,stride,batch", (("sep5", 1, 4), ("sep3", 2, 4),
-                                               ("dil5", 1, 16), ("dil3", 2, 1)))
-def test_a_gate_folded_into_the_last_kernel_equals_scaling_the_output(
-    name, stride, batch):
-  # MixedOp passes a batch-wide gate as `output_scale`: the op's output and
-  # the gradients of the input, every kernel and the gate are those of
-  # gate * op(x).
-  op = ops.make_op(name, 4, stride)
-  op.build((None, 8, 8, 4))
-  rng = np.random.default_rng(1)
-  op.set_weights([rng.normal(size=w.shape).astype(np.float32)
-                  for w in op.get_weights()])
-  x = _random((batch, 8, 8, 4), 17)
-  gate = tf.constant(0.7)
-  with tf.GradientTape(persistent=True) as tape:
-    tape.watch([x, gate])
-    folded = op(x, training=False, output_scale=gate)
-    scaled = ops.scale_by(op(x, training=False), gate)
-    weights = _random(folded.shape, 18)
-    loss_folded = tf.reduce_sum(folded * weights)
-    loss_scaled = tf.reduce_sum(scaled * weights)
-  np.testing.assert_allclose(folded.numpy(), scaled.numpy(), rtol=1e-4,
-                             atol=1e-4)
-  sources = [x, gate, *op.trainable_variables]
-  for a, b in zip(tape.gradient(loss_folded, sources),
-                  tape.gradient(loss_scaled, sources)):
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-3)

@@ -45,15 +45,11 @@ class MixedOp(keras.layers.Layer):
     """
     if active is None:
       active = range(len(self.candidate_ops))
-    weights = tf.convert_to_tensor(weights)
     total = None
     for index in active:
-      op, weight = self.candidate_ops[index], weights[..., index]
-      if weight.shape.rank == 0 and getattr(op, "folds_output_scale", False):
-        # One gate for the batch: scale the op's last kernel, not its output.
-        term = op(inputs, training=training, output_scale=weight)
-      else:
-        term = ops.scale_by(op(inputs, training=training), weight)
+      term = ops.scale_by(
+          self.candidate_ops[index](inputs, training=training),
+          weights[..., index])
       total = term if total is None else total + term
     if total is None:
       return tf.zeros(self._output_shape_of(inputs), dtype=inputs.dtype)
