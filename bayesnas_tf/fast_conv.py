@@ -71,11 +71,12 @@ def native_dilated_conv(dtype: tf.DType = tf.float32) -> bool:
 def pointwise(x, kernel):
   """A 1x1 stride-1 conv of an NHWC `x` with a (1, 1, C_in, C_out) kernel,
   as one (N H W, C_in) x (C_in, C_out) matmul."""
-  channels = kernel.shape[-1]
-  y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel[0, 0])
-  shape = [d if d is not None else tf.shape(x)[i]
-           for i, d in enumerate(x.shape[:-1])]
-  return tf.reshape(y, [*shape, channels])
+  with tf.name_scope("pointwise"):
+    channels = kernel.shape[-1]
+    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel[0, 0])
+    shape = [d if d is not None else tf.shape(x)[i]
+             for i, d in enumerate(x.shape[:-1])]
+    return tf.reshape(y, [*shape, channels])
 
 
 def same_conv(x, kernel, rate: int = 1):
@@ -111,17 +112,18 @@ def _dilated_filter_gradient(x, dy, kernel_size: int, rate: int):
   """d loss / d kernel of a stride-1 "SAME" conv with an odd k x k kernel:
   dK[i, j] = xpad[:, r i : r i + H, r j : r j + W, :]^T dy over all
   positions, one (C_in, N H W) x (N H W, C_out) matmul per tap."""
-  pad = rate * (kernel_size // 2)
-  height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-  padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-  flat_dy = tf.reshape(dy, [-1, dy.shape[-1]])
-  taps = [tf.matmul(
-      tf.reshape(padded[:, rate * i:rate * i + height,
-                        rate * j:rate * j + width, :], [-1, channels]),
-      flat_dy, transpose_a=True)
-          for i in range(kernel_size) for j in range(kernel_size)]
-  return tf.reshape(tf.stack(taps), [kernel_size, kernel_size, channels,
-                                     dy.shape[-1]])
+  with tf.name_scope("dilated_filter_gradient"):
+    pad = rate * (kernel_size // 2)
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    flat_dy = tf.reshape(dy, [-1, dy.shape[-1]])
+    taps = [tf.matmul(
+        tf.reshape(padded[:, rate * i:rate * i + height,
+                          rate * j:rate * j + width, :], [-1, channels]),
+        flat_dy, transpose_a=True)
+            for i in range(kernel_size) for j in range(kernel_size)]
+    return tf.reshape(tf.stack(taps), [kernel_size, kernel_size, channels,
+                                       dy.shape[-1]])
 
 
 @functools.lru_cache(maxsize=None)

@@ -52,13 +52,13 @@ def op_kind(path: str, op_type: str) -> str:
   op_type = op_type.replace("_MklNative", "").replace("_Mkl", "")
   if op_type.startswith("DepthwiseConv2dNative"):
     return "depthwise convs"
-  if op_type.startswith("Conv2D"):
-    # The kxk conv of a dil op (its 1x1 is folded in, or is "pointwise").
+  if op_type.startswith("Conv2D") or op_type == "MatMul":
+    # The kxk conv of a dil op (its 1x1 folded in, or in "pointwise"; a
+    # filter gradient may be matmuls, fast_conv.py); other 1x1 convs are
+    # matmuls (fast_conv.pointwise) or Conv2D.
     if (re.search(r"/dil\d+(_\d+)?/", path)
         and not re.search(r"/pointwise(_\d+)?/", path)):
       return "dense dilated convs (dil3, dil5)"
-    return "1x1 and reduction convs"
-  if op_type == "MatMul":  # fast_conv.pointwise: 1x1 convs as matmuls
     return "1x1 and reduction convs"
   if "BatchNorm" in op_type:
     return "batch norm"
