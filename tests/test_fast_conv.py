@@ -22,6 +22,22 @@ def _value_and_grads(fn, x, kernel):
   return [y, *tape.gradient(loss, [x, kernel])]
 
 
+# In a function, as the exact Hessian runs (eagerly, TensorFlow cannot
+# differentiate Conv2DBackpropFilter: its gradient reads a missing attr).
+@tf.function
+def _second_derivative(fn, x, kernel):
+  """d/dx of <dL/dx, x> + <dL/dkernel, kernel> for L = sum(fn(x, kernel)^2):
+  it differentiates the backward pass (as the exact Hessian does)."""
+  with tf.GradientTape() as outer:
+    outer.watch(x)
+    with tf.GradientTape() as inner:
+      inner.watch([x, kernel])
+      loss = tf.reduce_sum(tf.square(fn(x, kernel)))
+    grad_x, grad_k = inner.gradient(loss, [x, kernel])
+    pairing = tf.reduce_sum(grad_x * x) + tf.reduce_sum(grad_k * kernel)
+  return outer.gradient(pairing, x)
+
+
 @pytest.mark.parametrize("size,channels,k", ((8, 3, 5), (7, 4, 5), (6, 2, 7),
                                              (6, 3, 3)))
 def test_depthwise_same_matches_the_native_kernel(size, channels, k):
@@ -49,23 +65,14 @@ def test_depthwise_filter_gradient_against_numpy():
 
 
 def test_depthwise_same_second_derivative():
-  # The exact Hessian (nested tapes) differentiates the backward pass.
   x = _random((2, 6, 6, 2), 4)
   kernel = _random((5, 5, 2, 1), 5)
-
-  def hvp(fn):
-    with tf.GradientTape() as outer:
-      outer.watch(x)
-      with tf.GradientTape() as inner:
-        inner.watch([x, kernel])
-        loss = tf.reduce_sum(tf.square(fn(x, kernel)))
-      grad_x, grad_k = inner.gradient(loss, [x, kernel])
-      pairing = tf.reduce_sum(grad_x * x) + tf.reduce_sum(grad_k)
-    return outer.gradient(pairing, x)
-
-  plain = hvp(lambda a, w: tf.nn.depthwise_conv2d(a, w, [1, 1, 1, 1], "SAME"))
-  np.testing.assert_allclose(hvp(fast_conv.depthwise_same).numpy(),
-                             plain.numpy(), rtol=1e-4, atol=1e-4)
+  plain = _second_derivative(
+      lambda a, w: tf.nn.depthwise_conv2d(a, w, [1, 1, 1, 1], "SAME"), x,
+      kernel)
+  np.testing.assert_allclose(
+      _second_derivative(fast_conv.depthwise_same, x, kernel).numpy(),
+      plain.numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("rate", (1, 2))
@@ -168,23 +175,15 @@ def test_same_conv_on_small_maps_matches_padding_and_differentiates_twice(
                           kernel)
   for a, b in zip(ours, _value_and_grads(reference, x, kernel)):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
-  got = fast_conv._dilated_filter_gradient(x, _random((3, size, size, 5), 16),  # pylint: disable=protected-access
-                                           k, rate)
-  assert got.shape == (k, k, 4, 5)
-
-  # In a function, as the exact Hessian runs (eagerly, TensorFlow cannot
-  # differentiate Conv2DBackpropFilter: its gradient reads a missing attr).
-  @tf.function
-  def hvp(fn):
-    with tf.GradientTape() as outer:
-      outer.watch(x)
-      with tf.GradientTape() as inner:
-        inner.watch([x, kernel])
-        loss = tf.reduce_sum(tf.square(fn(x, kernel)))
-      grad_x, grad_k = inner.gradient(loss, [x, kernel])
-      pairing = tf.reduce_sum(grad_x * x) + tf.reduce_sum(grad_k * kernel)
-    return outer.gradient(pairing, x)
-
+  # The shifted-matmul filter gradient on its own, for any map size.
+  dy = _random((3, size, size, 5), 16)
+  with tf.GradientTape() as tape:
+    tape.watch(kernel)
+    pairing = tf.reduce_sum(reference(x, kernel) * dy)
   np.testing.assert_allclose(
-      hvp(lambda a, w: fast_conv.same_conv(a, w, rate)).numpy(),
-      hvp(reference).numpy(), rtol=1e-3, atol=1e-3)
+      fast_conv._dilated_filter_gradient(x, dy, k, rate).numpy(),  # pylint: disable=protected-access
+      tape.gradient(pairing, kernel).numpy(), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      _second_derivative(lambda a, w: fast_conv.same_conv(a, w, rate), x,
+                         kernel).numpy(),
+      _second_derivative(reference, x, kernel).numpy(), rtol=1e-3, atol=1e-3)
