@@ -1,28 +1,27 @@
 """The supernet's convolutions computed the same way, faster on this host.
 
-Profiling the paper supernet's search step (bench/profile_step.py) shows
-two kernels that TensorFlow runs far below what the host can do, for the
-same arithmetic:
+Profiling the paper supernet's search step (bench/profile_step.py) and
+timing each kernel at the supernet's shapes (batch 18: 32x32x36, 16x16x72,
+8x8x144; forward + backward, one thread) showed four places where
+TensorFlow's default route runs the same arithmetic slower than it can:
 
 * dilated "SAME" convs: `tf.nn.convolution` with a dilation rate wraps the
   conv in SpaceToBatchND / BatchToSpaceND. cuDNN and oneDNN (TensorFlow's
   default CPU kernels on x86) take the rate themselves, and there the plain
-  dilated Conv2D is 10-30% faster forward + backward at the supernet's
-  shapes (batch 18: 32x32x36, 16x16x72, 8x8x144).
-* the filter gradient of a dilated conv whose window spans the image (a
-  dil5 op's 9x9 window on the last cells' 8x8 maps): about 1.5x the
-  time of k^2 matmuls of shifted inputs (`_dilated_filter_gradient`).
-* the filter gradient of a 5x5 (or larger) depthwise conv on a CPU
+  dilated Conv2D is 10-30% faster (`same_conv`).
+* on a CPU, the filter gradient of a dilated conv whose window spans the
+  map (a dil5 op's 9x9 window on the last cells' 8x8 maps): oneDNN's takes
+  1.3x (8x8x144) to 3x (smaller channel counts) the time of k^2 matmuls of
+  shifted inputs (`_dilated_filter_gradient`).
+* on a CPU, the filter gradient of a 5x5 (or larger) depthwise conv
   (DepthwiseConv2dNativeBackpropFilter): 3-5x the time of the forward conv.
-  `depthwise_same` computes it as one depthwise conv instead (below), about
-  1.9x faster at those shapes; for 3x3 kernels the native kernel is faster
-  and is kept.
-
+  `depthwise_same` computes it as one depthwise conv instead, about 1.9x
+  faster; for 3x3 kernels the native kernel is faster and is kept.
 * 1x1 stride-1 convs: oneDNN's GEMM runs them as a matmul over the
-  flattened positions 20-45% faster forward + backward than its 1x1
-  Conv2D at those shapes (`pointwise`).
+  flattened positions 20-45% faster than its 1x1 Conv2D (`pointwise`).
 
-All give the same numbers up to float rounding (tests/test_fast_conv.py).
+All give the same numbers up to float rounding, first and second
+derivatives included (tests/test_fast_conv.py).
 """
 
 from __future__ import annotations
@@ -92,7 +91,7 @@ def same_conv(x, kernel, rate: int = 1):
 
   # The kernel reaches across the whole image (the 9x9 window of a dil5 op
   # on the 8x8 maps of the last cells): oneDNN's filter gradient is then
-  # 1.5x slower than k^2 matmuls of shifted inputs. (A variable is read
+  # slower than k^2 matmuls of shifted inputs. (A variable is read
   # first: the gradient then flows to it through the read.)
   kernel = tf.convert_to_tensor(kernel)
 
@@ -154,7 +153,8 @@ def depthwise_same(x, kernel):
   """`tf.nn.depthwise_conv2d(x, kernel, stride 1, "SAME")` for an odd k x k
   kernel of multiplier 1; on a CPU, k >= 5 and known spatial sizes, its
   filter gradient is `_depthwise_filter_gradient`."""
-  size = kernel.shape[0]
+  kernel = tf.convert_to_tensor(kernel)  # a variable is read outside the
+  size = kernel.shape[0]                # custom gradient (see same_conv)
   if (size < _MIN_DEPTHWISE_KERNEL or kernel.shape[-1] != 1
       or None in x.shape[1:] or not _cpu_only()):
     return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME")
