@@ -149,15 +149,16 @@ def _depthwise_filter_gradient(x, dy, kernel_size: int):
   return tf.reduce_sum(per_example, axis=2)[..., tf.newaxis]
 
 
-def depthwise_same(x, kernel):
-  """`tf.nn.depthwise_conv2d(x, kernel, stride 1, "SAME")` for an odd k x k
-  kernel of multiplier 1; on a CPU, k >= 5 and known spatial sizes, its
-  filter gradient is `_depthwise_filter_gradient`."""
+def depthwise_same(x, kernel, rate: int = 1):
+  """`tf.nn.depthwise_conv2d(x, kernel, stride 1, "SAME", dilation rate)`
+  for an odd k x k kernel of multiplier 1; on a CPU, undilated, k >= 5 and
+  known spatial sizes, its filter gradient is `_depthwise_filter_gradient`."""
   kernel = tf.convert_to_tensor(kernel)  # a variable is read outside the
   size = kernel.shape[0]                # custom gradient (see same_conv)
-  if (size < _MIN_DEPTHWISE_KERNEL or kernel.shape[-1] != 1
+  if (rate > 1 or size < _MIN_DEPTHWISE_KERNEL or kernel.shape[-1] != 1
       or None in x.shape[1:] or not _cpu_only()):
-    return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME")
+    return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME",
+                                  dilations=[rate, rate])
 
   @tf.custom_gradient
   def conv(images, filters):

@@ -120,11 +120,7 @@ def padded_depthwise(pad_layer: keras.layers.ZeroPadding2D,
       and depthwise.kernel_size[1] == kernel and kernel % 2 == 1
       and tuple(depthwise.dilation_rate) == (rate, rate)
       and _symmetric_pad(pad_layer) == rate * (kernel - 1) // 2):
-    if rate == 1:
-      y = fast_conv.depthwise_same(y, weights)
-    else:
-      y = tf.nn.depthwise_conv2d(y, weights, [1, 1, 1, 1], "SAME",
-                                 dilations=depthwise.dilation_rate)
+    y = fast_conv.depthwise_same(y, weights, rate)
   else:
     (top, bottom), (left, right) = pad_layer.padding
     y = tf.nn.depthwise_conv2d(
