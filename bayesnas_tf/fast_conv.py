@@ -12,7 +12,9 @@ TensorFlow's default route runs the same arithmetic slower than it can:
 * on a CPU, the filter gradient of a dilated conv whose window spans the
   map (a dil5 op's 9x9 window on the last cells' 8x8 maps): oneDNN's takes
   1.3x (8x8x144) to 3x (smaller channel counts) the time of k^2 matmuls of
-  shifted inputs (`_dilated_filter_gradient`).
+  shifted inputs (`_dilated_filter_gradient`), each over only the positions
+  where its tap meets the map (a dil5 op at 8x8x144, forward + backward on
+  a faster AMD EPYC: oneDNN 16.6 ms, padded taps 10.1 ms, in-map taps 7.4).
 * on a CPU, the filter gradient of a 5x5 (or larger) depthwise conv
   (DepthwiseConv2dNativeBackpropFilter): 3-5x the time of the forward conv.
   `depthwise_same` computes it as one depthwise conv instead, about 1.9x
@@ -109,20 +111,41 @@ def same_conv(x, kernel, rate: int = 1):
 
 def _dilated_filter_gradient(x, dy, kernel_size: int, rate: int):
   """d loss / d kernel of a stride-1 "SAME" conv with an odd k x k kernel:
-  dK[i, j] = xpad[:, r i : r i + H, r j : r j + W, :]^T dy over all
-  positions, one (C_in, N H W) x (N H W, C_out) matmul per tap."""
+  dK[i, j] = sum over positions of x[p + o_ij]^T dy[p], one (C_in, P) x
+  (P, C_out) matmul per tap, over only the positions p whose shifted input
+  p + o_ij lies inside the map. The zero padding adds nothing, and on maps
+  the window spans it is up to half of each tap (a dil5 op on an 8x8 map:
+  49%); a tap that never meets the map gets a zero gradient."""
   with tf.name_scope("dilated_filter_gradient"):
-    pad = rate * (kernel_size // 2)
-    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    flat_dy = tf.reshape(dy, [-1, dy.shape[-1]])
-    taps = [tf.matmul(
-        tf.reshape(padded[:, rate * i:rate * i + height,
-                          rate * j:rate * j + width, :], [-1, channels]),
-        flat_dy, transpose_a=True)
-            for i in range(kernel_size) for j in range(kernel_size)]
+    height, width = x.shape[1], x.shape[2]
+    channels, outputs = x.shape[3], dy.shape[-1]
+    zero = tf.zeros([channels, outputs], x.dtype)
+    taps = []
+    for row_offset, rows in _tap_ranges(kernel_size, rate, height):
+      for col_offset, cols in _tap_ranges(kernel_size, rate, width):
+        if rows is None or cols is None:
+          taps.append(zero)
+          continue
+        shifted = x[:, rows[0] + row_offset:rows[1] + row_offset,
+                    cols[0] + col_offset:cols[1] + col_offset, :]
+        taps.append(tf.matmul(
+            tf.reshape(shifted, [-1, channels]),
+            tf.reshape(dy[:, rows[0]:rows[1], cols[0]:cols[1], :],
+                       [-1, outputs]),
+            transpose_a=True))
     return tf.reshape(tf.stack(taps), [kernel_size, kernel_size, channels,
-                                       dy.shape[-1]])
+                                       outputs])
+
+
+def _tap_ranges(kernel_size: int, rate: int, length: int):
+  """For each tap of a "SAME" dilated window along one axis: its offset o
+  and the output range [lo, hi) whose input lo + o .. hi - 1 + o is inside
+  [0, length), or None where there is no such output."""
+  half = kernel_size // 2
+  for tap in range(kernel_size):
+    offset = rate * (tap - half)
+    lo, hi = max(0, -offset), min(length, length - offset)
+    yield offset, ((lo, hi) if lo < hi else None)
 
 
 @functools.lru_cache(maxsize=None)

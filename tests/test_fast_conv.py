@@ -158,7 +158,7 @@ def test_pointwise_keeps_an_unknown_batch_size():
   assert fn.structured_outputs.shape.as_list() == [None, 4, 4, 2]
 
 
-@pytest.mark.parametrize("size,k,rate", ((8, 5, 2), (5, 3, 2), (4, 3, 1)))
+@pytest.mark.parametrize("size,k,rate", ((8, 5, 2), (5, 3, 2), (4, 3, 1), (3, 5, 2)))
 def test_same_conv_on_small_maps_matches_padding_and_differentiates_twice(
     size, k, rate):
   # The window (rate (k - 1) + 1) spans the map: on a CPU the filter
