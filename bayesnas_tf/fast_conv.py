@@ -100,10 +100,13 @@ def same_conv(x, kernel, rate: int = 1):
   @tf.custom_gradient
   def conv(images, filters):
     def grad(dy):
-      dx = tf.raw_ops.Conv2DBackpropInput(
-          input_sizes=tf.shape(images), filter=filters, out_backprop=dy,
-          strides=[1, 1, 1, 1], padding="SAME", dilations=[1, rate, rate, 1])
-      return dx, _dilated_filter_gradient(images, dy, size, rate)
+      # Named so that profiles (bench/profile_step.py) can tell these
+      # kernels apart: a custom gradient's ops carry no layer scope.
+      with tf.name_scope("dilated_conv_gradient"):
+        dx = tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=tf.shape(images), filter=filters, out_backprop=dy,
+            strides=[1, 1, 1, 1], padding="SAME", dilations=[1, rate, rate, 1])
+        return dx, _dilated_filter_gradient(images, dy, size, rate)
     return tf.nn.conv2d(images, filters, 1, "SAME", dilations=rate), grad
 
   return conv(x, kernel)

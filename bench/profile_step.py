@@ -53,11 +53,13 @@ def op_kind(path: str, op_type: str) -> str:
   if op_type.startswith("DepthwiseConv2dNative"):
     return "depthwise convs"
   if op_type.startswith("Conv2D") or op_type == "MatMul":
-    # The kxk conv of a dil op (its 1x1 folded in, or in "pointwise"; a
-    # filter gradient may be matmuls, fast_conv.py); other 1x1 convs are
-    # matmuls (fast_conv.pointwise) or Conv2D.
-    if (re.search(r"/dil\d+(_\d+)?/", path)
-        and not re.search(r"/pointwise(_\d+)?/", path)):
+    # The kxk conv of a dil op (its 1x1 folded in, or in "pointwise"); the
+    # custom gradient of fast_conv.same_conv (matmuls among them) carries
+    # only its own scope. Other 1x1 convs are matmuls
+    # (fast_conv.pointwise) or Conv2D.
+    if ("dilated_conv_gradient" in path
+        or (re.search(r"/dil\d+(_\d+)?/", path)
+            and not re.search(r"/pointwise(_\d+)?/", path))):
       return "dense dilated convs (dil3, dil5)"
     return "1x1 and reduction convs"
   if "BatchNorm" in op_type:
