@@ -16,73 +16,27 @@ for checking flags before TensorFlow loads), in the same order.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict
 
 import keras
 import tensorflow as tf
 
-from bayesnas_tf import fast_conv
 from bayesnas_tf import op_names
-from bayesnas_tf.batch_norm import BatchNorm
-from bayesnas_tf.batch_norm import bfloat16_on_cpu
+from bayesnas_tf.layers.op_registry import register_op_set
+from bayesnas_tf.nn import PACKAGE
+from bayesnas_tf.nn import fast_conv
+from bayesnas_tf.nn.batch_norm import bfloat16_on_cpu
+from bayesnas_tf.nn.init import batch_norm
+from bayesnas_tf.nn.init import build_sequence
+from bayesnas_tf.nn.init import check_positive
+from bayesnas_tf.nn.init import check_stride
+from bayesnas_tf.nn.init import conv1x1
+from bayesnas_tf.nn.init import conv_initializer
+from bayesnas_tf.nn.init import depthwise_initializer
+from bayesnas_tf.nn.init import strided_size
+from bayesnas_tf.nn.sequence_op import SequenceOp
 # Re-exported: callers read them as ops.PRIMITIVES etc.
 from bayesnas_tf.op_names import PRIMITIVES, PRUNE_THRESHOLD, check_primitives  # pylint: disable=unused-import
-
-PACKAGE = "bayesnas_tf"
-
-# PyTorch's default conv/linear init (kaiming_uniform with a=sqrt(5)) is
-# U(+-sqrt(1/fan_in)), i.e. VarianceScaling(1/3, fan_in, uniform)
-# (ALGORITHM.md 9.1). Keras's glorot default would change the early dynamics.
-def conv_initializer() -> keras.initializers.Initializer:
-  return keras.initializers.VarianceScaling(
-      scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
-
-
-def depthwise_initializer() -> keras.initializers.Initializer:
-  # A Keras depthwise kernel has shape (k, k, C, 1), so Keras's "fan_in" would
-  # be k*k*C; PyTorch's grouped conv uses k*k, which is Keras's "fan_out" here.
-  return keras.initializers.VarianceScaling(
-      scale=1.0 / 3.0, mode="fan_out", distribution="uniform")
-
-
-def batch_norm(name: str, dtype=None) -> BatchNorm:
-  """BN with PyTorch's defaults (momentum 0.1 -> Keras 0.9, eps 1e-5).
-
-  Training-mode statistics are those of the global batch under a
-  multi-replica `tf.distribute` strategy (see `batch_norm.BatchNorm`).
-  `dtype` (here and below) is the Keras dtype policy: composite layers pass
-  their own, since Keras 3 does not hand a layer's policy to the sublayers
-  it creates.
-  """
-  return BatchNorm(momentum=0.9, epsilon=1e-5, name=name, dtype=dtype)
-
-
-def conv1x1(filters: int, stride: int, name: str,
-            dtype=None) -> keras.layers.Conv2D:
-  return keras.layers.Conv2D(
-      filters, 1, strides=stride, padding="valid", use_bias=False,
-      kernel_initializer=conv_initializer(), name=name, dtype=dtype)
-
-
-def build_sequence(layers: Sequence[keras.layers.Layer], input_shape):
-  """Builds `layers` in order, feeding each the previous output shape."""
-  shape = tuple(input_shape)
-  for layer in layers:
-    if not layer.built:
-      layer.build(shape)
-    shape = tuple(layer.compute_output_shape(shape))
-  return shape
-
-
-def check_positive(name: str, value: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(
-        f"`{name}` must be a positive integer. Received: {name}={value!r}.")
-
-
-def check_stride(stride: int) -> None:
-  if stride not in (1, 2):
-    raise ValueError(f"`stride` must be 1 or 2. Received: stride={stride!r}.")
 
 
 def _symmetric_pad(pad_layer: keras.layers.ZeroPadding2D):
@@ -127,63 +81,6 @@ def padded_depthwise(pad_layer: keras.layers.ZeroPadding2D,
         tf.pad(y, [[0, 0], [top, bottom], [left, right], [0, 0]]), weights,
         [1, *depthwise.strides, 1], "VALID", dilations=depthwise.dilation_rate)
   return tf.cast(y, x.dtype) if upcast else y
-
-
-def strided_size(size, stride: int):
-  """Spatial size after a padded 3x3/1x1 op of the given stride."""
-  if size is None:
-    return None
-  return (size - 1) // stride + 1
-
-
-class SequenceOp(keras.layers.Layer):
-  """An op that is a fixed chain of Keras layers, applied in order; its BNs
-  get the `training` flag. Also the base of the tree cells' ops (tree_ops)."""
-
-  def __init__(self, channels: int, stride: int = 1, **kwargs):
-    super().__init__(**kwargs)
-    check_positive("channels", channels)
-    check_stride(stride)
-    self.channels = channels
-    self.stride = stride
-    self._chain: list = []
-
-  @property
-  def output_channels(self) -> int:
-    return self.channels
-
-  @property
-  def chain(self) -> Tuple[keras.layers.Layer, ...]:
-    """The layers in the order `call` applies them (read by the shadow pass
-    of search/diag_backprop.py, which walks an op layer by layer)."""
-    return tuple(self._chain)
-
-  def build(self, input_shape):
-    if input_shape[-1] is not None and input_shape[-1] != self.channels:
-      raise ValueError(
-          f"{self.__class__.__name__} expects {self.channels} input channels. "
-          f"Received: input_shape={tuple(input_shape)}.")
-    build_sequence(self._chain, input_shape)
-    self.built = True
-
-  def call(self, inputs, training=None):
-    x = inputs
-    for layer in self._chain:
-      if isinstance(layer, BatchNorm):
-        x = layer(x, training=training)
-      else:
-        x = layer(x)
-    return x
-
-  def compute_output_shape(self, input_shape):
-    batch, height, width, _ = input_shape
-    return (batch, strided_size(height, self.stride),
-            strided_size(width, self.stride), self.output_channels)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update({"channels": self.channels, "stride": self.stride})
-    return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -425,9 +322,5 @@ def make_op(op_name: str, channels: int, stride: int,
                       dtype=dtype)
 
 
-def scale_by(x: tf.Tensor, coefficient: tf.Tensor) -> tf.Tensor:
-  """x * coefficient for a scalar or a per-example (B,) coefficient."""
-  coefficient = tf.cast(coefficient, x.dtype)
-  if coefficient.shape.rank == 0:
-    return x * coefficient
-  return x * tf.reshape(coefficient, [-1] + [1] * (x.shape.rank - 1))
+# MixedOp / SwitchedEdge build their candidates from the op set "darts".
+register_op_set("darts", PRIMITIVES, make_op, check=check_primitives)

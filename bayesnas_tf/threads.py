@@ -24,15 +24,10 @@ import tensorflow as tf
 
 from bayesnas_tf.config import ExperimentConfig
 from bayesnas_tf.errors import ConfigError
+from bayesnas_tf.nn.devices import has_accelerator
 
 # Modes whose networks are built from cells.
 _CELL_NETWORK_MODES = ("search", "study", "retrain", "transfer")
-
-
-def has_accelerator() -> bool:
-  """Whether TensorFlow sees a GPU or a TPU on this host."""
-  return bool(tf.config.list_physical_devices("GPU") or
-              tf.config.list_physical_devices("TPU"))
 
 
 def thread_counts(config: ExperimentConfig, accelerator: bool,

@@ -27,7 +27,6 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import distribute
-from bayesnas_tf import fused_sgd
 from bayesnas_tf import precision
 from bayesnas_tf import preemption
 from bayesnas_tf import progress
@@ -36,6 +35,7 @@ from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.io_utils import atomic_write_text
+from bayesnas_tf.nn import fused_sgd
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,8 +20,8 @@ The cell-level pre-edge of the ProxylessNAS tree, `gconv3_x2`, is the same
 group conv widened C -> 2C and followed by a channel shuffle (PX layers.py
 `has_shuffle`): 9 C^2 + 2C.
 
-All convs are bias-free with PyTorch's default init (`ops.conv_initializer`),
-all BNs use `ops.batch_norm` (eps 1e-5, momentum 0.9); strided and dilated
+All convs are bias-free with PyTorch's default init (`init.conv_initializer`),
+all BNs use `init.batch_norm` (eps 1e-5, momentum 0.9); strided and dilated
 convs use explicit zero padding + 'valid' (ALGORITHM.md 9.1).
 """
 
@@ -33,17 +33,19 @@ import keras
 import tensorflow as tf
 
 from bayesnas_tf import op_names
-from bayesnas_tf import ops
 from bayesnas_tf.errors import ConfigError
+from bayesnas_tf.nn import PACKAGE
+from bayesnas_tf.nn import init
+from bayesnas_tf.nn.sequence_op import SequenceOp
 
 GROUPS = 2  # The group count of every 3x3 group conv (PROXYLESS.md 2).
 
 
-class _TreeSequenceOp(ops.SequenceOp):
-  """A tree-cell op that is a fixed chain of layers (ops.SequenceOp)."""
+class _TreeSequenceOp(SequenceOp):
+  """A tree-cell op that is a fixed chain of layers (SequenceOp)."""
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class TreeSepConv(_TreeSequenceOp):
   """Depthwise-separable KxK conv with one BN (PL DepthConvLayer).
 
@@ -61,18 +63,18 @@ class TreeSepConv(_TreeSequenceOp):
     if kernel_size not in (3, 5, 7):
       raise ValueError(
           f"`kernel_size` must be 3, 5 or 7. Received: kernel_size={kernel_size!r}.")
-    ops.check_positive("dilation", dilation)
+    init.check_positive("dilation", dilation)
     self.kernel_size = kernel_size
     self.dilation = dilation
     self._chain += [
-        ops.batch_norm("bn"),
+        init.batch_norm("bn"),
         keras.layers.ReLU(name="relu"),
         keras.layers.ZeroPadding2D(dilation * (kernel_size // 2), name="pad"),
         keras.layers.DepthwiseConv2D(
             kernel_size, dilation_rate=dilation, padding="valid",
-            use_bias=False, depthwise_initializer=ops.depthwise_initializer(),
+            use_bias=False, depthwise_initializer=init.depthwise_initializer(),
             name="depthwise"),
-        ops.conv1x1(channels, 1, "pointwise"),
+        init.conv1x1(channels, 1, "pointwise"),
     ]
 
   def get_config(self):
@@ -82,17 +84,17 @@ class TreeSepConv(_TreeSequenceOp):
     return config
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class TreeConv1x1(_TreeSequenceOp):
   """BN -> ReLU -> 1x1 conv C -> C, stride s (C^2 + 2C params)."""
 
   def __init__(self, channels: int, stride: int = 1, **kwargs):
     super().__init__(channels, stride, **kwargs)
-    self._chain += [ops.batch_norm("bn"), keras.layers.ReLU(name="relu"),
-                    ops.conv1x1(channels, stride, "conv")]
+    self._chain += [init.batch_norm("bn"), keras.layers.ReLU(name="relu"),
+                    init.conv1x1(channels, stride, "conv")]
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class SamePool3x3(_TreeSequenceOp):
   """3x3 stride-1 pooling, padding excluded from averages and maxima.
 
@@ -117,7 +119,7 @@ class SamePool3x3(_TreeSequenceOp):
     return config
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class TreeIdentity(_TreeSequenceOp):
   """y = x (the `identity` edge; no parameters)."""
 
@@ -133,7 +135,7 @@ class TreeIdentity(_TreeSequenceOp):
     return config
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class GroupConv3x3(keras.layers.Layer):
   """BN -> ReLU -> pad 1 -> 3x3 group conv (G = 2) -> [channel shuffle].
 
@@ -154,9 +156,9 @@ class GroupConv3x3(keras.layers.Layer):
                stride: int = 1, shuffle: bool = False, **kwargs):
     super().__init__(**kwargs)
     out_channels = channels if out_channels is None else out_channels
-    ops.check_positive("channels", channels)
-    ops.check_positive("out_channels", out_channels)
-    ops.check_stride(stride)
+    init.check_positive("channels", channels)
+    init.check_positive("out_channels", out_channels)
+    init.check_stride(stride)
     for name, value in (("channels", channels), ("out_channels", out_channels)):
       if value % GROUPS:
         raise ValueError(
@@ -166,13 +168,13 @@ class GroupConv3x3(keras.layers.Layer):
     self.out_channels = out_channels
     self.stride = stride
     self.shuffle = bool(shuffle)
-    self.bn = ops.batch_norm("bn")
+    self.bn = init.batch_norm("bn")
     self.relu = keras.layers.ReLU(name="relu")
     self.pad = keras.layers.ZeroPadding2D(1, name="pad")
     self.group_convs = [
         keras.layers.Conv2D(
             out_channels // GROUPS, 3, strides=stride, padding="valid",
-            use_bias=False, kernel_initializer=ops.conv_initializer(),
+            use_bias=False, kernel_initializer=init.conv_initializer(),
             name=f"conv_group{g}")
         for g in range(GROUPS)]
 
@@ -185,7 +187,7 @@ class GroupConv3x3(keras.layers.Layer):
       raise ValueError(
           f"GroupConv3x3 expects {self.channels} input channels. Received: "
           f"input_shape={tuple(input_shape)}.")
-    shape = ops.build_sequence([self.bn, self.relu, self.pad], input_shape)
+    shape = init.build_sequence([self.bn, self.relu, self.pad], input_shape)
     group_shape = tuple(shape[:-1]) + (self.channels // GROUPS,)
     for conv in self.group_convs:
       conv.build(group_shape)
@@ -204,8 +206,8 @@ class GroupConv3x3(keras.layers.Layer):
 
   def compute_output_shape(self, input_shape):
     batch, height, width, _ = input_shape
-    return (batch, ops.strided_size(height, self.stride),
-            ops.strided_size(width, self.stride), self.out_channels)
+    return (batch, init.strided_size(height, self.stride),
+            init.strided_size(width, self.stride), self.out_channels)
 
   def get_config(self):
     config = super().get_config()

@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import bn_statistics
-from bayesnas_tf.batch_norm import BatchNorm
+from bayesnas_tf.nn import bn_statistics
+from bayesnas_tf.nn.batch_norm import BatchNorm
 
 
 class TwoNorms(keras.Model):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf import fast_conv
 from bayesnas_tf import ops
+from bayesnas_tf.nn import fast_conv
 
 
 def _random(shape, seed):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf.fused_sgd import MomentumSGD
+from bayesnas_tf.nn.fused_sgd import MomentumSGD
 
 
 def _variables(seed):

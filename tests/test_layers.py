@@ -15,10 +15,10 @@ import tensorflow as tf
 from bayesnas_tf import ops
 from bayesnas_tf import search_space
 from bayesnas_tf import testing
-from bayesnas_tf.layers import BayesCell
-from bayesnas_tf.layers import ChannelReduce
 from bayesnas_tf.layers import MixedOp
 from bayesnas_tf.layers import SwitchedEdge
+from bayesnas_tf.layers.bayes_cell import BayesCell
+from bayesnas_tf.layers.channel_reduce import ChannelReduce
 
 SUBSET = ("sep3", "max", "id")  # a cheap primitive subset, in gate order
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf import batch_norm
 from bayesnas_tf import ops
 from bayesnas_tf import testing
 from bayesnas_tf.errors import ConfigError
+from bayesnas_tf.nn import batch_norm
 
 BN_EPS = 1e-5
 

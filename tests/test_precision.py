@@ -21,10 +21,10 @@ from bayesnas_tf import data as data_lib
 from bayesnas_tf import ops
 from bayesnas_tf import precision
 from bayesnas_tf import search_space
-from bayesnas_tf.layers import BayesCell
-from bayesnas_tf.layers import ChannelReduce
 from bayesnas_tf.layers import MixedOp
 from bayesnas_tf.layers import SwitchedEdge
+from bayesnas_tf.layers.bayes_cell import BayesCell
+from bayesnas_tf.layers.channel_reduce import ChannelReduce
 from bayesnas_tf.layers.child_cell import ChildCell
 from bayesnas_tf.models.supernet import SuperNet
 from bayesnas_tf.search import search_loop

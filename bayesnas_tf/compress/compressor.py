@@ -30,7 +30,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import bn_statistics
 from bayesnas_tf import distribute
 from bayesnas_tf import precision
 from bayesnas_tf import preemption
@@ -46,6 +45,7 @@ from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.io_utils import atomic_write_text
 from bayesnas_tf.models import cnn_zoo
+from bayesnas_tf.nn import bn_statistics
 
 REPORT_FILE = "compression.json"
 BASE_MODEL_FILE = "base_model.keras"

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from bayesnas_tf.config import GROUPINGS
 from bayesnas_tf.errors import ConfigError
-from bayesnas_tf.ops import PACKAGE
+from bayesnas_tf.nn import PACKAGE
 
 GROUP_KINDS = GROUPINGS
 

@@ -3,7 +3,7 @@
 The diagonal Hessian back-propagation of ALGORITHM.md 3.4.2 / 7 (Becker &
 LeCun; the paper's App. C.1-C.2) for the kernels of a compressible chain
 (`structure.CNNChain`), with the same shadow network as the search's gate
-estimator (search/diag_backprop.py): every linear map runs with squared
+estimator (the rules of nn/diag_rules.py): every linear map runs with squared
 coefficients on a shadow activation x' next to the real one, a ReLU passes
 x' through its real mask, a max pool through its real argmax. The weight rule
 
@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from bayesnas_tf.compress.structure import CNNChain
 from bayesnas_tf.compress.structure import UnsupportedModelError
-from bayesnas_tf.search import diag_backprop as search_diag_backprop
+from bayesnas_tf.nn import diag_rules
 
 
 def _unsupported(layer, what: str) -> UnsupportedModelError:
@@ -153,7 +153,7 @@ def weight_diag_backprop(chain: CNNChain, images,
   each weighted layer's kernel shape, and (2, units) (gamma, beta) for each
   BN of `chain.bn_after`; batch sums, BN in inference mode."""
   check_supported(chain)
-  dtype = search_diag_backprop.shadow_dtype(chain.model)
+  dtype = diag_rules.shadow_dtype(chain.model)
   tapped_bns = set(chain.bn_after.values())
   eps = {i: tf.zeros(chain.group_tensor_shape(i), dtype)
          for i in sorted(set(chain.weighted) | tapped_bns)}
@@ -204,7 +204,7 @@ def weight_diag_backprop(chain: CNNChain, images,
       x, shadow = _shadow_layer(layer, x, shadow, dtype)
     logits = tf.cast(x, dtype)
     curvature = tf.stop_gradient(
-        search_diag_backprop.cross_entropy_curvature(logits))
+        diag_rules.cross_entropy_curvature(logits))
     target = tf.reduce_sum(curvature * shadow)
   grads = tape.gradient(target, list(eps.values()),
                         unconnected_gradients=tf.UnconnectedGradients.ZERO)

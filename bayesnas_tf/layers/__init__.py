@@ -1,9 +1,19 @@
-"""Keras layers of the supernet and of derived (child) networks."""
+"""The generic gated layers of the design (DESIGN.md 4).
 
-from bayesnas_tf.layers.bayes_cell import BayesCell
-from bayesnas_tf.layers.channel_reduce import ChannelReduce
-from bayesnas_tf.layers.child_cell import ChildCell
+What lives here: `MixedOp` (mixed_op.py: every candidate op of one edge,
+weighted and summed), `SwitchedEdge` (switched_edge.py: a MixedOp with the
+BayesNAS gates w, w_all and a pruning mask), the registry of the op sets they
+build their candidates from (op_registry.py) and the gated supernet protocol
+that the search reads from every supernet (gated.py: `GatedCells`).
+
+The cells (`BayesCell`, `ChildCell`, `TreeCell`) and `ChannelReduce` are
+imported from their own modules here.
+
+What it may import: `bayesnas_tf.errors` and `bayesnas_tf.nn` (a family's op
+module is imported by name when its op set is first used).
+"""
+
 from bayesnas_tf.layers.mixed_op import MixedOp
 from bayesnas_tf.layers.switched_edge import SwitchedEdge
 
-__all__ = ["BayesCell", "ChannelReduce", "ChildCell", "MixedOp", "SwitchedEdge"]
+__all__ = ["MixedOp", "SwitchedEdge"]

@@ -11,11 +11,14 @@ from __future__ import annotations
 from typing import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import ops
 from bayesnas_tf.layers.channel_reduce import ChannelReduce
 from bayesnas_tf.layers.switched_edge import SwitchedEdge
+from bayesnas_tf.nn import PACKAGE
+from bayesnas_tf.nn import init
 from bayesnas_tf.search_space import CellSpec, is_cell_input
 
 
@@ -30,7 +33,7 @@ def cell_spec_from_config(config) -> CellSpec:
                   tuple((str(s), str(d)) for s, d in config["edges"]))
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class BayesCell(keras.layers.Layer):
   """Args:
     cell_spec: a `CellSpec` (or its config dict) giving the DAG.
@@ -80,8 +83,8 @@ class BayesCell(keras.layers.Layer):
           f"preprocessing. Received: in0_shape={tuple(in0_shape)}, "
           f"in1_shape={tuple(in1_shape)}, reduction_prev={self.reduction_prev}.")
     stride = 2 if self.reduction else 1
-    node_shape = (shape0[0], ops.strided_size(shape0[1], stride),
-                  ops.strided_size(shape0[2], stride), self.channels)
+    node_shape = (shape0[0], init.strided_size(shape0[1], stride),
+                  init.strided_size(shape0[2], stride), self.channels)
     for edge, (src, _) in zip(self.edges, self.cell_spec.edges):
       # Intermediate nodes have the cell's output resolution.
       edge.build(shape0 if is_cell_input(src) else node_shape)
@@ -110,12 +113,26 @@ class BayesCell(keras.layers.Layer):
   def gate_variables(self):
     return [v for edge in self.edges for v in edge.gate_variables]
 
+  @property
+  def num_gates_per_edge(self) -> int:
+    """G: one gate per primitive, then the edge gate w_all."""
+    return len(self.primitives) + 1
+
+  def set_mask(self, mask) -> None:
+    """Sets the (num_edges, num_ops + 1) pruning mask of every edge."""
+    for edge, edge_mask in zip(self.edges, np.asarray(mask)):
+      edge.set_mask(edge_mask)
+
+  def sync_active_ops(self) -> None:
+    for edge in self.edges:
+      edge.sync_active_ops()
+
   def compute_output_shape(self, in0_shape, in1_shape):
     shape0 = self.preprocess0.compute_output_shape(in0_shape)
     batch, height, width, _ = shape0
     stride = 2 if self.reduction else 1
-    return (batch, ops.strided_size(height, stride),
-            ops.strided_size(width, stride),
+    return (batch, init.strided_size(height, stride),
+            init.strided_size(width, stride),
             self.cell_spec.num_nodes * self.channels)
 
   def get_config(self):

@@ -14,13 +14,14 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from bayesnas_tf import fast_conv
-from bayesnas_tf import ops
+from bayesnas_tf.nn import PACKAGE
+from bayesnas_tf.nn import fast_conv
+from bayesnas_tf.nn import init
 
 SIZE_REDUCTIONS = ("none", "conv", "factorized")
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class ChannelReduce(keras.layers.Layer):
   """Args:
     channels: output channels.
@@ -38,35 +39,35 @@ class ChannelReduce(keras.layers.Layer):
           f"Received: size_reduct={size_reduct!r}.")
     self.channels = channels
     self.size_reduct = size_reduct
-    self.bn = ops.batch_norm("bn", self.dtype_policy)
+    self.bn = init.batch_norm("bn", self.dtype_policy)
     self.relu = keras.layers.ReLU(name="relu", dtype=self.dtype_policy)
-    self.conv = ops.conv1x1(channels, 1, "conv", self.dtype_policy)
+    self.conv = init.conv1x1(channels, 1, "conv", self.dtype_policy)
     self.reduce_convs = []
 
   def build(self, input_shape):
     in_channels = input_shape[-1]
     if self.size_reduct == "conv":
-      self.reduce_convs = [ops.conv1x1(in_channels, 2, "size_reduct",
+      self.reduce_convs = [init.conv1x1(in_channels, 2, "size_reduct",
                                        self.dtype_policy)]
     elif self.size_reduct == "factorized":
       if in_channels % 2:
         raise ValueError(
             "factorized size reduction needs an even number of input "
             f"channels. Received: input_shape={tuple(input_shape)}.")
-      self.reduce_convs = [ops.conv1x1(in_channels // 2, 2, f"size_reduct{i}",
+      self.reduce_convs = [init.conv1x1(in_channels // 2, 2, f"size_reduct{i}",
                                        self.dtype_policy)
                            for i in (1, 2)]
     for conv in self.reduce_convs:
       conv.build(input_shape)
     reduced = self._reduced_shape(input_shape)
-    ops.build_sequence([self.bn, self.relu, self.conv], reduced)
+    init.build_sequence([self.bn, self.relu, self.conv], reduced)
     self.built = True
 
   def _reduced_shape(self, input_shape):
     if self.size_reduct == "none":
       return tuple(input_shape)
     batch, height, width, channels = input_shape
-    return (batch, ops.strided_size(height, 2), ops.strided_size(width, 2),
+    return (batch, init.strided_size(height, 2), init.strided_size(width, 2),
             channels)
 
   def call(self, inputs, training=None):

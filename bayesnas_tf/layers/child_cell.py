@@ -37,6 +37,8 @@ from bayesnas_tf.genotype import CellGenotype
 from bayesnas_tf.genotype import Genotype
 from bayesnas_tf.genotype import SIZE_REDUCTS
 from bayesnas_tf.layers.channel_reduce import ChannelReduce
+from bayesnas_tf.nn import PACKAGE
+from bayesnas_tf.nn import init
 from bayesnas_tf.search_space import is_cell_input
 from bayesnas_tf.search_space import node_name
 
@@ -62,7 +64,7 @@ def cell_genotype_to_config(cell: CellGenotype) -> list:
   return [[[op, src] for op, src in node] for node in cell]
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class ChildCell(keras.layers.Layer):
   """A derived cell: fixed ops, summed per node, nodes concatenated.
 
@@ -207,8 +209,8 @@ class ChildCell(keras.layers.Layer):
   def compute_output_shape(self, in0_shape, in1_shape=None):
     batch, height, width, _ = in0_shape
     stride = self.cell_stride
-    return (batch, ops.strided_size(height, stride),
-            ops.strided_size(width, stride), self.num_nodes * self.channels)
+    return (batch, init.strided_size(height, stride),
+            init.strided_size(width, stride), self.num_nodes * self.channels)
 
   def get_config(self):
     config = super().get_config()

@@ -7,28 +7,37 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
-from bayesnas_tf import ops
+from bayesnas_tf.layers import op_registry
+from bayesnas_tf.nn import PACKAGE
+from bayesnas_tf.nn import init
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class MixedOp(keras.layers.Layer):
   """y = sum_o weights[o] * op_o(x) over the active primitives.
 
   Args:
     channels: input = output channels of the edge.
     stride: 1, or 2 for edges leaving a cell input of a reduction cell.
-    primitives: op names from `ops.OPS`, in gate order.
+    primitives: op names of the op set, in gate order (default: all of its
+      ops).
+    op_set: the registered op set the ops come from (layers/op_registry.py;
+      "darts": the 7 primitives of the DAG cells).
   """
 
   def __init__(self, channels: int, stride: int = 1,
-               primitives: Sequence[str] = ops.PRIMITIVES, **kwargs):
+               primitives: Optional[Sequence[str]] = None,
+               op_set: str = "darts", **kwargs):
     super().__init__(**kwargs)
-    self.primitives = ops.check_primitives(primitives)
+    registered = op_registry.get_op_set(op_set)
+    self.op_set = op_set
+    self.primitives = registered.check(
+        registered.op_names if primitives is None else primitives)
     self.channels = channels
     self.stride = stride
     self.candidate_ops = [
-        ops.make_op(name, channels, stride, name=name,
-                    dtype=self.dtype_policy)
+        registered.factory(name, channels, stride, name=name,
+                           dtype=self.dtype_policy)
         for name in self.primitives]
 
   def build(self, input_shape):
@@ -47,7 +56,7 @@ class MixedOp(keras.layers.Layer):
       active = range(len(self.candidate_ops))
     total = None
     for index in active:
-      term = ops.scale_by(
+      term = init.scale_by(
           self.candidate_ops[index](inputs, training=training),
           weights[..., index])
       total = term if total is None else total + term
@@ -74,5 +83,5 @@ class MixedOp(keras.layers.Layer):
   def get_config(self):
     config = super().get_config()
     config.update({"channels": self.channels, "stride": self.stride,
-                   "primitives": list(self.primitives)})
+                   "primitives": list(self.primitives), "op_set": self.op_set})
     return config

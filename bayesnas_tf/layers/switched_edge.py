@@ -10,24 +10,26 @@ pruned gate's mask is 0 and its op is not computed at all.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import ops
 from bayesnas_tf.layers.mixed_op import MixedOp
+from bayesnas_tf.nn import PACKAGE
+from bayesnas_tf.nn import init
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class SwitchedEdge(keras.layers.Layer):
   """One gated edge of a BayesNAS cell.
 
   Args:
     channels: input = output channels.
     stride: 1, or 2 for edges leaving a cell input of a reduction cell.
-    primitives: op names from `ops.OPS`, in gate order.
+    primitives: op names of the op set, in gate order (default: all).
+    op_set: the registered op set of the ops (see `MixedOp`).
 
   `call(x, gate_offsets=None)`: `gate_offsets`, of shape (batch, num_ops + 1),
   is added to the gates per example. The Hessian estimators differentiate
@@ -36,13 +38,15 @@ class SwitchedEdge(keras.layers.Layer):
   """
 
   def __init__(self, channels: int, stride: int = 1,
-               primitives: Sequence[str] = ops.PRIMITIVES, **kwargs):
+               primitives: Optional[Sequence[str]] = None,
+               op_set: str = "darts", **kwargs):
     super().__init__(**kwargs)
-    self.primitives = ops.check_primitives(primitives)
     self.channels = channels
     self.stride = stride
-    self.mixed_op = MixedOp(channels, stride, self.primitives, name="mixed_op",
-                            dtype=self.dtype_policy)
+    self.op_set = op_set
+    self.mixed_op = MixedOp(channels, stride, primitives, op_set,
+                            name="mixed_op", dtype=self.dtype_policy)
+    self.primitives = self.mixed_op.primitives
     self._active_ops: Tuple[int, ...] = tuple(range(len(self.primitives)))
     self._edge_active = True
 
@@ -98,7 +102,7 @@ class SwitchedEdge(keras.layers.Layer):
     if gate_offsets is not None:
       gates = (gates[tf.newaxis, :] + tf.cast(gate_offsets, gates.dtype)) * (
           self.mask.value[tf.newaxis, :])
-    edge_input = ops.scale_by(inputs, gates[..., -1])
+    edge_input = init.scale_by(inputs, gates[..., -1])
     return self.mixed_op(edge_input, gates[..., :-1], active=self.active_ops,
                          training=training)
 
@@ -108,5 +112,5 @@ class SwitchedEdge(keras.layers.Layer):
   def get_config(self):
     config = super().get_config()
     config.update({"channels": self.channels, "stride": self.stride,
-                   "primitives": list(self.primitives)})
+                   "primitives": list(self.primitives), "op_set": self.op_set})
     return config

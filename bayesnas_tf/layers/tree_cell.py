@@ -31,9 +31,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import ops
 from bayesnas_tf import op_names
 from bayesnas_tf import tree_ops
+from bayesnas_tf.nn import PACKAGE
+from bayesnas_tf.nn import init
 from bayesnas_tf.tree_space import TreeCellSpec, TreeNodeSpec, node_channels
 from bayesnas_tf.tree_space import prune_cell, with_edge_ops
 
@@ -44,7 +45,7 @@ def _edge_layer_name(edge: str) -> str:
   return "edge_" + edge.replace(".", "_")
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class TreeEdge(keras.layers.Layer):
   """One edge of a tree cell: its op(s) and, in a search, its gates.
 
@@ -157,10 +158,10 @@ class TreeEdge(keras.layers.Layer):
                       inputs.dtype)
     x = inputs
     if self.gate_kind == "mixed":
-      x = ops.scale_by(x, gates[..., -1])
+      x = init.scale_by(x, gates[..., -1])
     total = None
     for index in self.active_ops:
-      term = ops.scale_by(self.candidate_ops[index](x, training=training),
+      term = init.scale_by(self.candidate_ops[index](x, training=training),
                           gates[..., index])
       total = term if total is None else total + term
     return total
@@ -175,7 +176,7 @@ class TreeEdge(keras.layers.Layer):
     return config
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class TreeCell(keras.layers.Layer):
   """A tree cell on C channels (C -> C, spatial size / stride).
 
@@ -246,7 +247,7 @@ class TreeCell(keras.layers.Layer):
             raise ValueError(f"the child node of edge {name} changes its width")
           if is_root and node.branch_bn:
             self._bn_pos[name] = len(self.branch_bns)
-            self.branch_bns.append(ops.batch_norm(f"branch_bn_{name[1:]}"))
+            self.branch_bns.append(init.batch_norm(f"branch_bn_{name[1:]}"))
       return out
 
     out = visit(spec.root, root_width, "e", True)
@@ -335,7 +336,7 @@ class TreeCell(keras.layers.Layer):
     self.seed_generator = keras.random.SeedGenerator(name="drop_path_seed")
     batch, height, width, _ = shape
     root_stride = self.stride if self.pre_edge is None else 1
-    out_hw = (ops.strided_size(height, root_stride), ops.strided_size(width, root_stride))
+    out_hw = (init.strided_size(height, root_stride), init.strided_size(width, root_stride))
 
     def visit(node: TreeNodeSpec, prefix: str, is_root: bool):
       for i, branch in enumerate(node.branches):
@@ -417,8 +418,8 @@ class TreeCell(keras.layers.Layer):
 
   def compute_output_shape(self, input_shape):
     batch, height, width, _ = input_shape
-    return (batch, ops.strided_size(height, self.stride),
-            ops.strided_size(width, self.stride), self.channels)
+    return (batch, init.strided_size(height, self.stride),
+            init.strided_size(width, self.stride), self.channels)
 
   def get_config(self):
     config = super().get_config()

@@ -27,13 +27,14 @@ from typing import List, Tuple
 import keras
 import tensorflow as tf
 
-from bayesnas_tf import ops
-from bayesnas_tf.batch_norm import BatchNorm
 from bayesnas_tf.genotype import Genotype
 from bayesnas_tf.genotype import resolve_genotype
-from bayesnas_tf.layers.child_cell import DROP_PATHS
 from bayesnas_tf.layers.child_cell import ChildCell
-from bayesnas_tf.models.supernet import dense_bias_initializer
+from bayesnas_tf.layers.child_cell import DROP_PATHS
+from bayesnas_tf.nn import PACKAGE
+from bayesnas_tf.nn import init
+from bayesnas_tf.nn.batch_norm import BatchNorm
+from bayesnas_tf.nn.init import dense_bias_initializer
 from bayesnas_tf.search_space import reduction_positions
 
 VARIANTS = ("cifar", "imagenet")
@@ -44,13 +45,13 @@ def _stem_conv(filters: int, stride: int, name: str) -> keras.layers.Conv2D:
   # Used after an explicit ZeroPadding2D(1) (ALGORITHM.md 9.1).
   return keras.layers.Conv2D(
       filters, 3, strides=stride, padding="valid", use_bias=False,
-      kernel_initializer=ops.conv_initializer(), name=name)
+      kernel_initializer=init.conv_initializer(), name=name)
 
 
 def _classifier(num_classes: int, fan_in: int, name: str) -> keras.layers.Dense:
   # PyTorch Linear init (ALGORITHM.md 9.1).
   return keras.layers.Dense(
-      num_classes, kernel_initializer=ops.conv_initializer(),
+      num_classes, kernel_initializer=init.conv_initializer(),
       bias_initializer=dense_bias_initializer(fan_in), name=name)
 
 
@@ -74,7 +75,7 @@ def as_genotype(genotype) -> Genotype:
       f"genotype.json path. Received: genotype={genotype!r}.")
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class AuxiliaryHead(keras.layers.Layer):
   """DARTS's auxiliary classifier (trainers weight its loss, e.g. 0.4).
 
@@ -103,13 +104,13 @@ class AuxiliaryHead(keras.layers.Layer):
     self.pool_stride = 3 if variant == "cifar" else 2
     hidden, features = AUX_CHANNELS
     self.relu0 = keras.layers.ReLU(name="relu0")
-    self.conv1 = ops.conv1x1(hidden, 1, "conv1")
-    self.bn1 = ops.batch_norm("bn1")
+    self.conv1 = init.conv1x1(hidden, 1, "conv1")
+    self.bn1 = init.batch_norm("bn1")
     self.relu1 = keras.layers.ReLU(name="relu1")
     self.conv2 = keras.layers.Conv2D(
         features, 2, padding="valid", use_bias=False,
-        kernel_initializer=ops.conv_initializer(), name="conv2")
-    self.bn2 = ops.batch_norm("bn2") if variant == "cifar" else None
+        kernel_initializer=init.conv_initializer(), name="conv2")
+    self.bn2 = init.batch_norm("bn2") if variant == "cifar" else None
     self.relu2 = keras.layers.ReLU(name="relu2")
     self.classifier = _classifier(num_classes, features, "classifier")
 
@@ -148,7 +149,7 @@ class AuxiliaryHead(keras.layers.Layer):
     return config
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class ChildNetwork(keras.Model):
   """The re-train network of a genotype.
 
@@ -237,11 +238,11 @@ class ChildNetwork(keras.Model):
       self.stem0 = [
           keras.layers.ZeroPadding2D(1, name="stem0_pad1"),
           _stem_conv(half, 2, "stem0_conv1"),
-          ops.batch_norm("stem0_bn1"),
+          init.batch_norm("stem0_bn1"),
           keras.layers.ReLU(name="stem0_relu"),
           keras.layers.ZeroPadding2D(1, name="stem0_pad2"),
           _stem_conv(channels, 2, "stem0_conv2"),
-          ops.batch_norm("stem0_bn2"),
+          init.batch_norm("stem0_bn2"),
       ]
       self.stem1 = [
           keras.layers.ReLU(name="stem1_relu"),
@@ -266,7 +267,7 @@ class ChildNetwork(keras.Model):
       reduction_prev = reduction
     self.final_channels = self.num_nodes * c
     # No ReLU before the pool (ALGORITHM.md 5.2, unlike the search net).
-    self.head_bn = ops.batch_norm("head_bn")
+    self.head_bn = init.batch_norm("head_bn")
     self.global_pool = keras.layers.GlobalAveragePooling2D(name="global_pool")
     self.classifier = _classifier(num_classes, self.final_channels,
                                   "classifier")
@@ -281,9 +282,9 @@ class ChildNetwork(keras.Model):
     if self.variant == "cifar":
       shape = (batch, height, width, self.stem_multiplier * self.channels)
       return shape, shape
-    quarter = [ops.strided_size(ops.strided_size(s, 2), 2)
+    quarter = [init.strided_size(init.strided_size(s, 2), 2)
                for s in (height, width)]
-    eighth = [ops.strided_size(s, 2) for s in quarter]
+    eighth = [init.strided_size(s, 2) for s in quarter]
     return ((batch, *quarter, self.channels), (batch, *eighth, self.channels))
 
   def cell_output_shapes(self, input_shape) -> List[tuple]:
@@ -305,15 +306,15 @@ class ChildNetwork(keras.Model):
   # --- building -------------------------------------------------------------
   def build(self, input_shape):
     input_shape = tuple(input_shape)
-    prev_prev = ops.build_sequence(self.stem0, input_shape)
-    prev = ops.build_sequence(self.stem1, prev_prev) if self.stem1 else (
+    prev_prev = init.build_sequence(self.stem0, input_shape)
+    prev = init.build_sequence(self.stem1, prev_prev) if self.stem1 else (
         prev_prev)
     for index, cell in enumerate(self.cells):
       cell.build(prev, prev_prev)
       prev_prev, prev = prev, cell.compute_output_shape(prev, prev_prev)
       if index == self.auxiliary_index and self.auxiliary_head is not None:
         self.auxiliary_head.build(prev)
-    ops.build_sequence([self.head_bn, self.global_pool, self.classifier], prev)
+    init.build_sequence([self.head_bn, self.global_pool, self.classifier], prev)
     self.built = True
 
   def call(self, images, training=None, return_auxiliary=False):

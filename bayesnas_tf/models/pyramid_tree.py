@@ -25,21 +25,22 @@ search loop and the Hessian estimators use (`cells`, `cell_types`,
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import ops
+from bayesnas_tf.layers.gated import GatedCells
 from bayesnas_tf.layers.tree_cell import TreeCell
-from bayesnas_tf.models.supernet import GatedCells, dense_bias_initializer
+from bayesnas_tf.nn import PACKAGE
+from bayesnas_tf.nn import init
+from bayesnas_tf.nn.init import dense_bias_initializer
 from bayesnas_tf.tree_genotype import PyramidBackbone, TreeGenotype
 from bayesnas_tf.tree_space import BOTTLENECK, START_PLANES, block_name
 from bayesnas_tf.tree_space import block_strides, get_tree_space, pyramid_widths
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class BottleneckBlock(keras.layers.Layer):
   """One PyramidNet block around a tree cell (or none).
 
@@ -82,12 +83,12 @@ class BottleneckBlock(keras.layers.Layer):
                                                         name="shortcut_pool")
                           if stride == 2 else None)
     if cell is not None:
-      self.in_bn = ops.batch_norm("in_bn")
-      self.in_conv = ops.conv1x1(channels, 1, "in_conv")
-      self.out_bn = ops.batch_norm("out_bn")
+      self.in_bn = init.batch_norm("in_bn")
+      self.in_conv = init.conv1x1(channels, 1, "in_conv")
+      self.out_bn = init.batch_norm("out_bn")
       self.out_relu = keras.layers.ReLU(name="out_relu")
-      self.out_conv = ops.conv1x1(BOTTLENECK * channels, 1, "out_conv")
-      self.final_bn = ops.batch_norm("final_bn")
+      self.out_conv = init.conv1x1(BOTTLENECK * channels, 1, "out_conv")
+      self.final_bn = init.batch_norm("final_bn")
 
   @property
   def out_channels(self) -> int:
@@ -101,10 +102,10 @@ class BottleneckBlock(keras.layers.Layer):
     if self.shortcut_pool is not None:
       self.shortcut_pool.build(input_shape)
     if self.cell is not None:
-      shape = ops.build_sequence([self.in_bn, self.in_conv], input_shape)
+      shape = init.build_sequence([self.in_bn, self.in_conv], input_shape)
       self.cell.build(shape)
       shape = self.cell.compute_output_shape(shape)
-      ops.build_sequence([self.out_bn, self.out_relu, self.out_conv,
+      init.build_sequence([self.out_bn, self.out_relu, self.out_conv,
                           self.final_bn], shape)
     self.built = True
 
@@ -128,8 +129,8 @@ class BottleneckBlock(keras.layers.Layer):
 
   def compute_output_shape(self, input_shape):
     batch, height, width, _ = input_shape
-    return (batch, ops.strided_size(height, self.stride),
-            ops.strided_size(width, self.stride), self.out_channels)
+    return (batch, init.strided_size(height, self.stride),
+            init.strided_size(width, self.stride), self.out_channels)
 
   def get_config(self):
     config = super().get_config()
@@ -153,8 +154,8 @@ class _PyramidBackboneModel(keras.Model):
     self.stem_pad = keras.layers.ZeroPadding2D(1, name="stem_pad")
     self.stem_conv = keras.layers.Conv2D(
         start_planes, 3, padding="valid", use_bias=False,
-        kernel_initializer=ops.conv_initializer(), name="stem_conv")
-    self.stem_bn = ops.batch_norm("stem_bn")
+        kernel_initializer=init.conv_initializer(), name="stem_conv")
+    self.stem_bn = init.batch_norm("stem_bn")
     self.blocks: List[BottleneckBlock] = []
     in_channels = start_planes
     for index, (width, stride, cell) in enumerate(zip(widths, strides, cells)):
@@ -163,20 +164,20 @@ class _PyramidBackboneModel(keras.Model):
       self.blocks.append(block)
       in_channels = block.out_channels
     self.final_channels = in_channels
-    self.head_bn = ops.batch_norm("head_bn")
+    self.head_bn = init.batch_norm("head_bn")
     self.head_relu = keras.layers.ReLU(name="head_relu")
     self.global_pool = keras.layers.GlobalAveragePooling2D(name="global_pool")
     self.classifier = keras.layers.Dense(
-        num_classes, kernel_initializer=ops.conv_initializer(),
+        num_classes, kernel_initializer=init.conv_initializer(),
         bias_initializer=dense_bias_initializer(in_channels), name="classifier")
 
   def build(self, input_shape):
-    shape = ops.build_sequence([self.stem_pad, self.stem_conv, self.stem_bn],
+    shape = init.build_sequence([self.stem_pad, self.stem_conv, self.stem_bn],
                                tuple(input_shape))
     for block in self.blocks:
       block.build(shape)
       shape = block.compute_output_shape(shape)
-    ops.build_sequence([self.head_bn, self.head_relu, self.global_pool,
+    init.build_sequence([self.head_bn, self.head_relu, self.global_pool,
                         self.classifier], shape)
     self.built = True
 
@@ -218,7 +219,7 @@ def as_tree_genotype(genotype) -> TreeGenotype:
       f"built-in name or a genotype.json path). Received: genotype={genotype!r}.")
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class PyramidTreeNet(_PyramidBackboneModel):
   """The derived network of a pyramid_tree genotype (retrain and export).
 
@@ -267,7 +268,7 @@ class PyramidTreeNet(_PyramidBackboneModel):
     return config
 
 
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class PyramidTreeSuperNet(GatedCells, _PyramidBackboneModel):
   """The search network of a tree search space.
 
@@ -304,42 +305,6 @@ class PyramidTreeSuperNet(GatedCells, _PyramidBackboneModel):
 
   def call(self, images, training=None, gate_offsets=None):
     return self._forward(images, training, gate_offsets=gate_offsets)
-
-  # --- the search loop's interface (see module doc) ----------------------------
-  @property
-  def present_cell_types(self) -> List[str]:
-    return list(self.cell_types)
-
-  def cells_of_type(self, cell_type: str) -> List[TreeCell]:
-    return [self.cells[self.cell_types.index(cell_type)]]
-
-  def stack_by_type(self, per_cell: Sequence[tf.Tensor]) -> Dict[str, tf.Tensor]:
-    """One value per cell -> {block type: (1, ...)} (n = 1 per type)."""
-    if len(per_cell) != len(self.cells):
-      raise ValueError(f"expected {len(self.cells)} values, one per cell; "
-                       f"received {len(per_cell)}")
-    return {t: tf.convert_to_tensor(v)[tf.newaxis]
-            for t, v in zip(self.cell_types, per_cell)}
-
-  def gates_by_type(self) -> Dict[str, tf.Tensor]:
-    """Per block, (1, E, G): each block's cell is its own type with n = 1."""
-    return self.stack_by_type([cell.gates() for cell in self.cells])
-
-  def masks_by_type(self) -> Dict[str, np.ndarray]:
-    return {t: np.stack([np.asarray(e.mask.numpy()) for e in cell.edges])
-            for t, cell in zip(self.cell_types, self.cells)}
-
-  def set_masks(self, masks: Dict[str, np.ndarray]) -> None:
-    for cell_type, mask in masks.items():
-      self.cells_of_type(cell_type)[0].set_mask(mask)
-
-  def sync_active_ops(self) -> None:
-    for cell in self.cells:
-      cell.sync_active_ops()
-
-  def zero_gate_offsets(self, batch_size) -> List[tf.Tensor]:
-    return [tf.zeros([batch_size, len(cell.edges), cell.num_gates_per_edge],
-                     dtype=self.compute_dtype) for cell in self.cells]
 
   def get_config(self):
     config = super().get_config()

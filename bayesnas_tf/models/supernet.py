@@ -9,47 +9,22 @@ parameters, 512 of them gates.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import keras
-import numpy as np
-import tensorflow as tf
 
 from bayesnas_tf import ops
-from bayesnas_tf import recompute as recompute_lib
 from bayesnas_tf.layers.bayes_cell import BayesCell
-from bayesnas_tf.search_space import CELL_TYPES, get_search_space
+from bayesnas_tf.layers.gated import GatedCells
+from bayesnas_tf.nn import PACKAGE
+from bayesnas_tf.nn import init
+from bayesnas_tf.nn import recompute as recompute_lib
+from bayesnas_tf.nn.init import dense_bias_initializer
+from bayesnas_tf.search_space import get_search_space
 from bayesnas_tf.search_space import reduction_positions
 
 
-def dense_bias_initializer(fan_in: int) -> keras.initializers.Initializer:
-  # PyTorch's Linear bias init, U(+-1/sqrt(fan_in)) (ALGORITHM.md 9.1).
-  bound = 1.0 / float(np.sqrt(fan_in))
-  return keras.initializers.RandomUniform(-bound, bound)
-
-
-class GatedCells:
-  """The split of a search network's variables into gates and weights, for a
-  keras.Model whose `cells` carry `gate_variables` (SuperNet's BayesCells,
-  PyramidTreeSuperNet's TreeCells)."""
-
-  @property
-  def arch_variables(self) -> List[tf.Variable]:
-    """All gates (w and w_all of every edge of every cell)."""
-    return [v for cell in self.cells for v in cell.gate_variables]
-
-  @property
-  def weight_variables(self) -> List[tf.Variable]:
-    """Every trainable variable that is not a gate."""
-    gate_ids = {id(v) for v in self.arch_variables}
-    return [v for v in self.trainable_variables if id(v) not in gate_ids]
-
-  @property
-  def num_gates(self) -> int:
-    return int(sum(int(np.prod(v.shape)) for v in self.arch_variables))
-
-
-@keras.saving.register_keras_serializable(package=ops.PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class SuperNet(GatedCells, keras.Model):
   """Args:
     num_classes: classifier outputs.
@@ -93,7 +68,7 @@ class SuperNet(GatedCells, keras.Model):
     self.stem_pad = keras.layers.ZeroPadding2D(1, name="stem_pad", dtype=policy)
     self.stem_conv = keras.layers.Conv2D(
         stem_multiplier * channels, 3, padding="valid", use_bias=False,
-        kernel_initializer=ops.conv_initializer(), name="stem_conv",
+        kernel_initializer=init.conv_initializer(), name="stem_conv",
         dtype=policy)
     self.cells: List[BayesCell] = []
     self.cell_types: List[str] = []
@@ -109,25 +84,25 @@ class SuperNet(GatedCells, keras.Model):
           self.primitives, name=f"cell_{index}_{cell_type}", dtype=policy))
       self.cell_types.append(cell_type)
       reduction_prev = reduction
-    self.head_bn = ops.batch_norm("head_bn", policy)
+    self.head_bn = init.batch_norm("head_bn", policy)
     self.head_relu = keras.layers.ReLU(name="head_relu", dtype=policy)
     self.global_pool = keras.layers.GlobalAveragePooling2D(name="global_pool",
                                                            dtype=policy)
     final_channels = space.normal.num_nodes * c
     self.classifier = keras.layers.Dense(
-        num_classes, kernel_initializer=ops.conv_initializer(),
+        num_classes, kernel_initializer=init.conv_initializer(),
         bias_initializer=dense_bias_initializer(final_channels),
         name="classifier", dtype=policy)
 
   # --- building ---------------------------------------------------------
   def build(self, input_shape):
     input_shape = tuple(input_shape)
-    shape = ops.build_sequence([self.stem_pad, self.stem_conv], input_shape)
+    shape = init.build_sequence([self.stem_pad, self.stem_conv], input_shape)
     prev_prev, prev = shape, shape
     for cell in self.cells:
       cell.build(prev, prev_prev)
       prev_prev, prev = prev, cell.compute_output_shape(prev, prev_prev)
-    ops.build_sequence(
+    init.build_sequence(
         [self.head_bn, self.head_relu, self.global_pool, self.classifier], prev)
     self.built = True
 
@@ -147,51 +122,13 @@ class SuperNet(GatedCells, keras.Model):
     x = self.head_relu(self.head_bn(prev, training=training))
     return self.classifier(self.global_pool(x))
 
-  def cells_of_type(self, cell_type: str) -> List[BayesCell]:
-    return [c for c, t in zip(self.cells, self.cell_types) if t == cell_type]
-
-  @property
-  def present_cell_types(self) -> List[str]:
-    return [t for t in CELL_TYPES if t in self.cell_types]
-
-  def stack_by_type(self, per_cell: Sequence[tf.Tensor]) -> Dict[str, tf.Tensor]:
-    """One value per cell (in `self.cells` order) -> stacked per cell type.
-
-    The one place that fixes the cell order inside a type, shared by the
-    gates and the Hessians so that the prior update pairs them cell by cell.
-    """
-    if len(per_cell) != len(self.cells):
-      raise ValueError(f"expected {len(self.cells)} values, one per cell; "
-                       f"received {len(per_cell)}")
-    return {t: tf.stack([v for v, ct in zip(per_cell, self.cell_types) if ct == t])
-            for t in self.present_cell_types}
-
-  def gates_by_type(self) -> Dict[str, tf.Tensor]:
-    """Effective gates per cell type, (cells_of_type, num_edges, num_ops+1)."""
-    return self.stack_by_type([c.gates() for c in self.cells])
-
-  def masks_by_type(self) -> Dict[str, np.ndarray]:
-    """The (shared) pruning mask per cell type, (num_edges, num_ops+1)."""
-    return {t: np.stack([np.asarray(e.mask.numpy())
-                         for e in self.cells_of_type(t)[0].edges])
-            for t in self.present_cell_types}
-
-  def set_masks(self, masks: Dict[str, np.ndarray]) -> None:
-    """Applies one mask per cell type to every cell of that type."""
-    for cell_type, mask in masks.items():
-      for cell in self.cells_of_type(cell_type):
-        for edge, edge_mask in zip(cell.edges, np.asarray(mask)):
-          edge.set_mask(edge_mask)
-
-  def sync_active_ops(self) -> None:
-    for cell in self.cells:
-      for edge in cell.edges:
-        edge.sync_active_ops()
-
-  def zero_gate_offsets(self, batch_size) -> List[tf.Tensor]:
-    return [tf.zeros([batch_size, cell.num_edges, len(self.primitives) + 1],
-                     dtype=self.compute_dtype)
-            for cell in self.cells]
+  def special_hessian(self, method: str, images):
+    """`--hessian=diag_backprop`: the paper's estimator, whose shadow
+    network walks this supernet's layers (diag_backprop.py)."""
+    if method != "diag_backprop":
+      return None
+    from bayesnas_tf.search import diag_backprop  # pylint: disable=g-import-not-at-top
+    return diag_backprop.diag_backprop_diagonal(self, images)
 
   def get_config(self):
     config = super().get_config()

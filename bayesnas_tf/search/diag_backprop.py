@@ -50,162 +50,22 @@ first gated edge is computed twice.
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
-import keras
 import tensorflow as tf
 
 from bayesnas_tf import ops
-from bayesnas_tf.batch_norm import BatchNorm
 from bayesnas_tf.layers.bayes_cell import BayesCell
 from bayesnas_tf.layers.channel_reduce import ChannelReduce
 from bayesnas_tf.layers.switched_edge import SwitchedEdge
 from bayesnas_tf.models.supernet import SuperNet
-
-Pair = Tuple[tf.Tensor, Optional[tf.Tensor]]
-
-
-def shadow_dtype(layer) -> tf.DType:
-  """Curvature arithmetic runs in float32 (float64 for float64 models), also
-  under mixed precision."""
-  return tf.float64 if layer.compute_dtype == "float64" else tf.float32
-
-
-def _real(x, dtype) -> tf.Tensor:
-  return tf.cast(tf.stop_gradient(x), dtype)
-
-
-def _squared(variable, dtype) -> tf.Tensor:
-  return tf.square(tf.cast(tf.convert_to_tensor(variable), dtype))
-
-
-def _add(a: Optional[tf.Tensor], b: Optional[tf.Tensor]) -> Optional[tf.Tensor]:
-  if a is None:
-    return b
-  return a if b is None else a + b
-
-
-def _check(condition: bool, layer, what: str) -> None:
-  if not condition:
-    raise ValueError(
-        f"diag_backprop has no shadow rule for {type(layer).__name__} "
-        f"{layer.name!r} with {what}.")
-
-
-def _check_linear_activation(layer) -> None:
-  _check(getattr(layer.activation, "__name__", "") == "linear", layer,
-         "a nonlinear activation (only ReLU layers and linear maps are "
-         "supported: f'' = 0 keeps the D term of ALGORITHM.md 3.4.2 at 0)")
-
-
-# --- leaf layers: (layer, x, x') -> (y, y') -----------------------------------
-def _batch_norm(layer: BatchNorm, x, shadow, dtype) -> Pair:
-  y = layer(x, training=False)
-  if shadow is None:
-    return y, None
-  # Inference BN is x -> x * gamma / sqrt(var + eps) + beta, per channel.
-  scale = _squared(layer.gamma, dtype) / (
-      tf.cast(tf.convert_to_tensor(layer.moving_variance), dtype) + layer.epsilon)
-  return y, shadow * scale
-
-
-def _relu(layer: keras.layers.ReLU, x, shadow, dtype) -> Pair:
-  _check(layer.max_value is None and not layer.negative_slope
-         and not layer.threshold, layer, "a cap, slope or threshold")
-  y = layer(x)
-  if shadow is None:
-    return y, None
-  # f'(a)^2 = 1[a > 0] per example (the mask of TF's ReluGrad).
-  return y, shadow * tf.cast(x > 0, dtype)
-
-
-def _zero_pad(layer: keras.layers.ZeroPadding2D, x, shadow, dtype) -> Pair:
-  del dtype
-  _check(layer.data_format == "channels_last", layer, "channels_first data")
-  y = layer(x)
-  if shadow is None:
-    return y, None
-  (top, bottom), (left, right) = layer.padding
-  return y, tf.pad(shadow, [[0, 0], [top, bottom], [left, right], [0, 0]])
-
-
-def _conv(layer: keras.layers.Conv2D, x, shadow, dtype) -> Pair:
-  _check(layer.padding == "valid" and layer.groups == 1
-         and layer.data_format == "channels_last", layer,
-         "padding other than 'valid', groups or channels_first data")
-  _check_linear_activation(layer)
-  y = layer(x)
-  if shadow is None:
-    return y, None
-  # The bias is an offset: it has no second derivative and drops out.
-  return y, tf.nn.convolution(
-      shadow, _squared(layer.kernel, dtype), strides=layer.strides,
-      padding="VALID", dilations=layer.dilation_rate)
-
-
-def _depthwise_conv(layer: keras.layers.DepthwiseConv2D, x, shadow,
-                    dtype) -> Pair:
-  _check(layer.padding == "valid" and layer.data_format == "channels_last",
-         layer, "padding other than 'valid' or channels_first data")
-  _check_linear_activation(layer)
-  y = layer(x)
-  if shadow is None:
-    return y, None
-  return y, tf.nn.depthwise_conv2d(
-      shadow, _squared(layer.kernel, dtype),
-      strides=[1, *layer.strides, 1], padding="VALID",
-      dilations=layer.dilation_rate)
-
-
-def _max_pool(layer: keras.layers.MaxPooling2D, x, shadow, dtype) -> Pair:
-  del dtype
-  _check(layer.padding == "valid" and layer.data_format == "channels_last",
-         layer, "padding other than 'valid' or channels_first data")
-  y = layer(x)
-  if shadow is None:
-    return y, None
-  # Each output copies its window's argmax at the real input: the same 0/1
-  # routing as the pool's gradient (3.4.4 quirk 4, fixed: indices and the
-  # shadow live on the same padded map).
-  _, argmax = tf.nn.max_pool_with_argmax(
-      tf.stop_gradient(x), ksize=[1, *layer.pool_size, 1],
-      strides=[1, *layer.strides, 1], padding="VALID",
-      include_batch_in_index=True)
-  return y, tf.gather(tf.reshape(shadow, [-1]), argmax)
-
-
-def _avg_pool(layer: keras.layers.AveragePooling2D, x, shadow, dtype) -> Pair:
-  _check(layer.padding == "valid" and layer.data_format == "channels_last",
-         layer, "padding other than 'valid' or channels_first data")
-  y = layer(x)
-  if shadow is None:
-    return y, None
-  # Coefficient 1/k per input, squared: average / k (1/81 per 3x3 window;
-  # the official code used 1/9, 3.4.4 quirk 5).
-  window = float(layer.pool_size[0] * layer.pool_size[1])
-  pooled = tf.nn.avg_pool2d(shadow, layer.pool_size, layer.strides, "VALID")
-  return y, pooled / tf.cast(window, dtype)
-
-
-def _global_avg_pool(layer: keras.layers.GlobalAveragePooling2D, x, shadow,
-                     dtype) -> Pair:
-  _check(layer.data_format == "channels_last", layer, "channels_first data")
-  y = layer(x)
-  if shadow is None:
-    return y, None
-  # Coefficient 1/(HW), squared (the official head used 0.5, quirk 5).
-  positions = tf.cast(tf.shape(shadow)[1] * tf.shape(shadow)[2], dtype)
-  return y, tf.reduce_mean(shadow, axis=[1, 2],
-                           keepdims=layer.keepdims) / positions
-
-
-def _dense(layer: keras.layers.Dense, x, shadow, dtype) -> Pair:
-  _check_linear_activation(layer)
-  y = layer(x)
-  if shadow is None:
-    return y, None
-  return y, tf.tensordot(shadow, _squared(layer.kernel, dtype),
-                         [[shadow.shape.rank - 1], [0]])
+from bayesnas_tf.nn import diag_rules
+from bayesnas_tf.nn import init
+from bayesnas_tf.nn.diag_rules import Pair
+from bayesnas_tf.nn.diag_rules import add
+from bayesnas_tf.nn.diag_rules import cross_entropy_curvature
+from bayesnas_tf.nn.diag_rules import real
+from bayesnas_tf.nn.diag_rules import shadow_dtype
 
 
 # --- composite layers ---------------------------------------------------------
@@ -261,21 +121,21 @@ def _switched_edge(edge: SwitchedEdge, x, shadow, gate_eps, dtype) -> Pair:
     return edge(x, training=False), None
   gates = edge.gates()
   squared_gates = tf.square(tf.cast(gates, dtype))
-  edge_input = ops.scale_by(x, gates[-1])
+  edge_input = init.scale_by(x, gates[-1])
   # H_{w_all} = sum x^2 H_u with x the raw edge input (3.4.3 step 7).
-  edge_shadow = _add(
+  edge_shadow = add(
       None if shadow is None else shadow * squared_gates[-1],
-      gate_eps[-1] * tf.square(_real(x, dtype)))
+      gate_eps[-1] * tf.square(real(x, dtype)))
   total, total_shadow = None, None
   for index in edge.active_ops:
     out, out_shadow = _shadow(edge.mixed_op.candidate_ops[index], edge_input,
                               edge_shadow, dtype)
-    term = ops.scale_by(out, gates[index])
+    term = init.scale_by(out, gates[index])
     total = term if total is None else total + term
-    total_shadow = _add(
+    total_shadow = add(
         total_shadow,
         out_shadow * squared_gates[index]
-        + gate_eps[index] * tf.square(_real(out, dtype)))
+        + gate_eps[index] * tf.square(real(out, dtype)))
   return total, total_shadow
 
 
@@ -301,7 +161,7 @@ def _bayes_cell(cell: BayesCell, inputs, shadows, gate_eps, dtype) -> Pair:
       reals.append(out)
       # A node feeding several edges passes the sum of their H back: the
       # cross terms between the branches are what the recursion drops.
-      node_shadow = _add(node_shadow, out_shadow)
+      node_shadow = add(node_shadow, out_shadow)
     states[node] = (tf.add_n(reals), node_shadow)
   nodes = [states[n] for n in spec.nodes]
   return (tf.concat([real for real, _ in nodes], axis=-1),
@@ -324,18 +184,9 @@ def _supernet(net: SuperNet, images, gate_eps: Sequence[tf.Tensor],
   return x, shadow
 
 
-# Leaf rules, most specific class first (a Keras subclass would match its
-# base otherwise).
-_LEAF_RULES = (
-    (BatchNorm, _batch_norm),
-    (keras.layers.ReLU, _relu),
-    (keras.layers.ZeroPadding2D, _zero_pad),
-    (keras.layers.DepthwiseConv2D, _depthwise_conv),
-    (keras.layers.Conv2D, _conv),
-    (keras.layers.MaxPooling2D, _max_pool),
-    (keras.layers.AveragePooling2D, _avg_pool),
-    (keras.layers.GlobalAveragePooling2D, _global_avg_pool),
-    (keras.layers.Dense, _dense),
+# The rules of plain layers (nn/diag_rules.py), then the supernet's own;
+# most specific class first.
+_LEAF_RULES = diag_rules.KERAS_RULES + (
     (ops.DilConv, _dil_conv),
     ((ops.SepConv, ops.Pool3x3, ops.Identity, ops.ReduceConv), _sequence_op),
     (ChannelReduce, _channel_reduce),
@@ -343,11 +194,7 @@ _LEAF_RULES = (
 
 
 def _shadow(layer, x, shadow, dtype) -> Pair:
-  for cls, rule in _LEAF_RULES:
-    if isinstance(layer, cls):
-      return rule(layer, x, shadow, dtype)
-  raise ValueError(f"diag_backprop has no shadow rule for layer "
-                   f"{layer.name!r} of type {type(layer).__name__}.")
+  return diag_rules.apply_rule(_LEAF_RULES, layer, x, shadow, dtype)
 
 
 def shadow_call(layer, inputs, shadow=None, gate_eps=None) -> Pair:
@@ -372,12 +219,6 @@ def shadow_call(layer, inputs, shadow=None, gate_eps=None) -> Pair:
   if isinstance(layer, SwitchedEdge):
     return _switched_edge(layer, inputs, shadow, gate_eps, dtype)
   return _shadow(layer, inputs, shadow, dtype)
-
-
-def cross_entropy_curvature(logits: tf.Tensor) -> tf.Tensor:
-  """diag of the softmax CE Hessian in the logits, p (1 - p) (invariant 11)."""
-  probs = tf.nn.softmax(logits)
-  return probs * (1.0 - probs)
 
 
 def diag_backprop_diagonal(

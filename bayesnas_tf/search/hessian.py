@@ -31,7 +31,6 @@ from typing import List, Optional
 import tensorflow as tf
 
 from bayesnas_tf.config import HESSIAN_METHODS
-from bayesnas_tf.search import diag_backprop
 
 
 def _float_logits(logits):
@@ -178,7 +177,12 @@ def gate_hessian(net, images, labels, method: str = "ggn",
     return ggn_mc_diagonal(net, images, seed)
   if method == "exact":
     return exact_diagonal(net, images, labels)
-  if method == "diag_backprop":
-    return diag_backprop.diag_backprop_diagonal(net, images)
-  raise ValueError(
-      f"unknown Hessian method {method!r}; valid methods are {HESSIAN_METHODS}")
+  if method not in HESSIAN_METHODS:
+    raise ValueError(
+        f"unknown Hessian method {method!r}; valid methods are {HESSIAN_METHODS}")
+  # An estimator of one family's supernet only (diag_backprop: the DAG's).
+  special = net.special_hessian(method, images)
+  if special is None:
+    raise ValueError(f"--hessian={method} is not available for a "
+                     f"{type(net).__name__}")
+  return special

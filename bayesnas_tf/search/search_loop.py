@@ -32,10 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import bn_statistics
 from bayesnas_tf import data as data_lib
 from bayesnas_tf import distribute
-from bayesnas_tf import fused_sgd
 from bayesnas_tf import precision
 from bayesnas_tf import preemption
 from bayesnas_tf import progress
@@ -46,6 +44,8 @@ from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.genotype import Genotype
 from bayesnas_tf.io_utils import atomic_write_text
+from bayesnas_tf.nn import bn_statistics
+from bayesnas_tf.nn import fused_sgd
 from bayesnas_tf.search import diagnostics
 from bayesnas_tf.search import hessian as hessian_lib
 from bayesnas_tf.search import prior as prior_lib

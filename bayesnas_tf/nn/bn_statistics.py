@@ -29,7 +29,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from bayesnas_tf.batch_norm import BatchNorm
+from bayesnas_tf.nn.batch_norm import BatchNorm
 
 # Batches the search's re-estimated statistics average over.
 SEARCH_BATCHES = 20

@@ -29,7 +29,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from bayesnas_tf import batch_norm
+from bayesnas_tf.nn import batch_norm
 
 
 def _after(tensors, gradient):

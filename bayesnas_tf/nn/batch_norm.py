@@ -23,7 +23,8 @@ import threading
 import keras
 import tensorflow as tf
 
-PACKAGE = "bayesnas_tf"
+from bayesnas_tf.nn import PACKAGE
+
 
 # Set while a recomputed forward pass is traced (recompute.py): the batch
 # statistics are computed again (the output must equal the first pass's) but

@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from bayesnas_tf.ops import PACKAGE
+from bayesnas_tf.nn import PACKAGE
 
 
 def _handle(variable):
