@@ -19,23 +19,23 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import cluster
 from bayesnas_tf import data as data_lib
-from bayesnas_tf import distribute
 from bayesnas_tf import export as export_lib
-from bayesnas_tf import precision
-from bayesnas_tf import preemption
-from bayesnas_tf import results
-from bayesnas_tf import run_dir
 from bayesnas_tf import streaming_data
-from bayesnas_tf import threads
-from bayesnas_tf.checkpointing import restore_latest
-from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
 from bayesnas_tf.errors import CheckpointMismatchError, ConfigError
 from bayesnas_tf.genotype import KNOWN_GENOTYPES, Genotype, resolve_genotype
 from bayesnas_tf.io_utils import atomic_write_text
 from bayesnas_tf.models.child_net import ChildNetwork
+from bayesnas_tf.runtime import cluster
+from bayesnas_tf.runtime import distribute
+from bayesnas_tf.runtime import precision
+from bayesnas_tf.runtime import preemption
+from bayesnas_tf.runtime import results
+from bayesnas_tf.runtime import run_dir
+from bayesnas_tf.runtime import threads
+from bayesnas_tf.runtime.checkpointing import restore_latest
+from bayesnas_tf.runtime.checkpointing import variables_by_path
 from bayesnas_tf.tree_genotype import BUILTIN_TREE_GENOTYPES, TreeGenotype
 
 DATASET_FILE = "dataset.json"

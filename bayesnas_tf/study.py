@@ -323,7 +323,7 @@ class Study:
 
 def run_study(config: ExperimentConfig, flags_text: str = "") -> StudyResult:
   """--mode=study: see the module doc."""
-  from bayesnas_tf import run_dir  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf.runtime import run_dir  # pylint: disable=g-import-not-at-top
   run_dir.check_model_dir(config)
   run_dir.write_run_files(config, flags_text)
   return Study(config, flags_text).run()

@@ -26,16 +26,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import distribute
-from bayesnas_tf import precision
-from bayesnas_tf import preemption
-from bayesnas_tf import progress
-from bayesnas_tf.checkpointing import restore_latest
-from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.io_utils import atomic_write_text
 from bayesnas_tf.nn import fused_sgd
+from bayesnas_tf.runtime import distribute
+from bayesnas_tf.runtime import precision
+from bayesnas_tf.runtime import preemption
+from bayesnas_tf.runtime import progress
+from bayesnas_tf.runtime.checkpointing import restore_latest
+from bayesnas_tf.runtime.checkpointing import variables_by_path
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,7 +43,7 @@ def time_search_step(data: str, batch: int, steps: int, strategy: str,
                      channels: int = SMALL_SUPERNET[1]) -> None:
   """In this process: time the search step; the chief prints its line."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from bayesnas_tf import cluster  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf.runtime import cluster  # pylint: disable=g-import-not-at-top
   from bayesnas_tf import config as config_lib  # pylint: disable=g-import-not-at-top
   from bayesnas_tf import data as data_lib  # pylint: disable=g-import-not-at-top
   from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top

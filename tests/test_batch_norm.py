@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 from bayesnas_tf import testing
-from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.models.supernet import SuperNet
 from bayesnas_tf.nn.batch_norm import BatchNorm
+from bayesnas_tf.runtime.checkpointing import variables_by_path
 
 
 def _batch(shape=(16, 5, 5, 3), dtype="float32"):

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf import checkpointing
 from bayesnas_tf import ops
 from bayesnas_tf import testing
 from bayesnas_tf.errors import GenotypeError
-from bayesnas_tf.genotype import KNOWN_GENOTYPES
 from bayesnas_tf.genotype import Genotype
+from bayesnas_tf.genotype import KNOWN_GENOTYPES
 from bayesnas_tf.layers.child_cell import ChildCell
 from bayesnas_tf.models.child_net import AuxiliaryHead
 from bayesnas_tf.models.child_net import ChildNetwork
+from bayesnas_tf.runtime import checkpointing
 
 CIFAR_SHAPE = (None, 32, 32, 3)
 IMAGENET_SHAPE = (None, 224, 224, 3)

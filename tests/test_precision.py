@@ -19,7 +19,6 @@ import tensorflow as tf
 from bayesnas_tf import config as config_lib
 from bayesnas_tf import data as data_lib
 from bayesnas_tf import ops
-from bayesnas_tf import precision
 from bayesnas_tf import search_space
 from bayesnas_tf.layers import MixedOp
 from bayesnas_tf.layers import SwitchedEdge
@@ -27,6 +26,7 @@ from bayesnas_tf.layers.bayes_cell import BayesCell
 from bayesnas_tf.layers.channel_reduce import ChannelReduce
 from bayesnas_tf.layers.child_cell import ChildCell
 from bayesnas_tf.models.supernet import SuperNet
+from bayesnas_tf.runtime import precision
 from bayesnas_tf.search import search_loop
 from tests.conftest import run_main
 from test_jit_recompute import thin_out

@@ -19,7 +19,7 @@ import re
 
 import pytest
 
-from bayesnas_tf import progress
+from bayesnas_tf.runtime import progress
 from conftest import CIFAR_SUBSET, TINY_SEARCH_FLAGS, run_main
 
 ANSI = re.compile(r"\x1b\[")

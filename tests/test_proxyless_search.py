@@ -105,8 +105,9 @@ def test_retrain_builds_the_derived_network_and_exports_it(pipeline):
   assert Genotype.from_json((version / "assets" / "genotype.json").read_text()) == genotype
   # The derived network has exactly the formula's parameters.
   import tensorflow as tf
-  from bayesnas_tf import modes, run_dir
-  from bayesnas_tf.checkpointing import restore_latest, variables_by_path
+  from bayesnas_tf import modes
+  from bayesnas_tf.runtime import run_dir
+  from bayesnas_tf.runtime.checkpointing import restore_latest, variables_by_path
   config = run_dir.read_config(str(retrain_dir))
   meta = json.loads((retrain_dir / "dataset.json").read_text())
   model = modes.build_child_network(config, genotype, 10, meta["image_shape"])

@@ -52,8 +52,9 @@ def _serve_without_bayesnas(export_path, images_path):
 def _keras_probabilities(model_dir, images):
   """The trained Keras model's predictions, rebuilt from the run directory."""
   import tensorflow as tf
-  from bayesnas_tf import modes, run_dir
-  from bayesnas_tf.checkpointing import restore_latest, variables_by_path
+  from bayesnas_tf import modes
+  from bayesnas_tf.runtime import run_dir
+  from bayesnas_tf.runtime.checkpointing import restore_latest, variables_by_path
   config = run_dir.read_config(str(model_dir))
   meta = json.loads((model_dir / "dataset.json").read_text())
   genotype = Genotype.load(model_dir / "genotype.json")

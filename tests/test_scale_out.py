@@ -178,14 +178,14 @@ def test_bad_cluster_input_is_one_line(tmp_path, args, env, message):
      "more than one chief"),
 ])
 def test_malformed_tf_config_is_named(tf_config, message):
-  from bayesnas_tf import cluster
+  from bayesnas_tf.runtime import cluster
   from bayesnas_tf.errors import ClusterError
   with pytest.raises(ClusterError, match=message.replace("(", r"\(").replace(")", r"\)")):
     cluster.parse_tf_config(tf_config)
 
 
 def test_cluster_roles_and_worker_hosts(monkeypatch):
-  from bayesnas_tf import cluster
+  from bayesnas_tf.runtime import cluster
   from bayesnas_tf.config import RuntimeConfig
   from bayesnas_tf.errors import ClusterError
   with_chief = cluster.parse_tf_config(json.dumps(
@@ -213,7 +213,7 @@ def test_weight_decay_term_is_the_gradient_of_the_loss_form():
   to the loss (the form it replaces), with a scaled loss and for a variable
   the loss does not reach (whose gradient is None and which still decays).
   The split over replicas is checked end to end by the 2-worker tests."""
-  from bayesnas_tf import distribute  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf.runtime import distribute  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   used = tf.Variable(rng.normal(size=(3, 4)).astype(np.float32))
   unused = tf.Variable(rng.normal(size=(5,)).astype(np.float32))

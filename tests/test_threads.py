@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from bayesnas_tf import config as config_lib
-from bayesnas_tf import threads
 from bayesnas_tf.errors import ConfigError
+from bayesnas_tf.runtime import threads
 
 
 def _config(mode, **runtime):
@@ -68,7 +68,8 @@ def test_pools_apply_in_a_fresh_process():
   # chosen pools take effect.
   code = (
       "import tensorflow as tf\n"
-      "from bayesnas_tf import config as c, threads\n"
+      "from bayesnas_tf import config as c\n"
+      "from bayesnas_tf.runtime import threads\n"
       "threads.configure_threads(c.ExperimentConfig(mode='search', "
       "runtime=c.RuntimeConfig(inter_op_threads=3)))\n"
       "tf.constant(1.0) + 1.0\n"

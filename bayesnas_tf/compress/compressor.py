@@ -30,12 +30,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import distribute
-from bayesnas_tf import precision
-from bayesnas_tf import preemption
-from bayesnas_tf import progress
-from bayesnas_tf.checkpointing import restore_latest
-from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.compress import structure
 from bayesnas_tf.compress import weight_diag_backprop
 from bayesnas_tf.compress.group_prior import WeightGroupPrior
@@ -46,6 +40,12 @@ from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.io_utils import atomic_write_text
 from bayesnas_tf.models import cnn_zoo
 from bayesnas_tf.nn import bn_statistics
+from bayesnas_tf.runtime import distribute
+from bayesnas_tf.runtime import precision
+from bayesnas_tf.runtime import preemption
+from bayesnas_tf.runtime import progress
+from bayesnas_tf.runtime.checkpointing import restore_latest
+from bayesnas_tf.runtime.checkpointing import variables_by_path
 
 REPORT_FILE = "compression.json"
 BASE_MODEL_FILE = "base_model.keras"

@@ -33,12 +33,6 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import data as data_lib
-from bayesnas_tf import distribute
-from bayesnas_tf import precision
-from bayesnas_tf import preemption
-from bayesnas_tf import progress
-from bayesnas_tf.checkpointing import restore_latest
-from bayesnas_tf.checkpointing import variables_by_path
 from bayesnas_tf.config import ExperimentConfig
 from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.errors import TrainingDivergedError
@@ -46,6 +40,12 @@ from bayesnas_tf.genotype import Genotype
 from bayesnas_tf.io_utils import atomic_write_text
 from bayesnas_tf.nn import bn_statistics
 from bayesnas_tf.nn import fused_sgd
+from bayesnas_tf.runtime import distribute
+from bayesnas_tf.runtime import precision
+from bayesnas_tf.runtime import preemption
+from bayesnas_tf.runtime import progress
+from bayesnas_tf.runtime.checkpointing import restore_latest
+from bayesnas_tf.runtime.checkpointing import variables_by_path
 from bayesnas_tf.search import diagnostics
 from bayesnas_tf.search import hessian as hessian_lib
 from bayesnas_tf.search import prior as prior_lib

@@ -15,8 +15,8 @@ from typing import Dict, Optional
 import keras
 import tensorflow as tf
 
-from bayesnas_tf import cluster
 from bayesnas_tf.errors import CheckpointMismatchError
+from bayesnas_tf.runtime import cluster
 
 
 def variables_by_path(model: keras.layers.Layer) -> Dict[str, tf.Variable]:

@@ -38,7 +38,7 @@ def make_strategy(name: str, runtime=None) -> tf.distribute.Strategy:
   --worker_hosts); tpu: the TPU of --tpu. `runtime` (a RuntimeConfig) gives
   the last two their cluster flags.
   """
-  from bayesnas_tf import cluster  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf.runtime import cluster  # pylint: disable=g-import-not-at-top
   if name == "multi_worker_mirrored":
     return cluster.multi_worker_strategy(runtime or RuntimeConfig(strategy=name))
   if name == "tpu":
@@ -93,7 +93,7 @@ def distribute_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Datase
 
   One replica (and no TPU): the strategy's own distribution, unchanged.
   """
-  from bayesnas_tf import cluster  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf.runtime import cluster  # pylint: disable=g-import-not-at-top
   replicas = strategy.num_replicas_in_sync
   if replicas == 1 and not cluster.is_tpu(strategy):
     return strategy.experimental_distribute_dataset(dataset)

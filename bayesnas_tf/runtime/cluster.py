@@ -28,9 +28,9 @@ from typing import Iterator, Optional, Tuple
 from absl import logging
 import tensorflow as tf
 
-from bayesnas_tf import preemption
 from bayesnas_tf.config import ExperimentConfig, RuntimeConfig
 from bayesnas_tf.errors import ClusterError
+from bayesnas_tf.runtime import preemption
 
 WORKER_JOBS = ("chief", "worker")
 SCRATCH_PREFIX = "worker_tmp_"
@@ -221,7 +221,7 @@ def worker_outputs(config: ExperimentConfig) -> Iterator[ExperimentConfig]:
     finally:
       _ROLE, _STRATEGY = None, None
     return
-  from bayesnas_tf import run_dir  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf.runtime import run_dir  # pylint: disable=g-import-not-at-top
   if config.mode in _WRITING_MODES:
     run_dir.check_model_dir(config)
   scratch = os.path.join(model_dir, SCRATCH_PREFIX + task.name)
