@@ -17,7 +17,7 @@ from absl import flags
 from absl import logging
 
 from bayesnas_tf import config as config_lib
-from bayesnas_tf.dataset_spec import check_local_dataset
+from bayesnas_tf.data.spec import check_local_dataset
 from bayesnas_tf.errors import BayesNASError
 from bayesnas_tf.errors import PREEMPTED_EXIT_CODE, Preempted
 from bayesnas_tf.genotype import resolve_genotype

@@ -19,10 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import data as data_lib
 from bayesnas_tf import export as export_lib
-from bayesnas_tf import streaming_data
 from bayesnas_tf.config import ExperimentConfig
+from bayesnas_tf.data import arrays as data_lib
+from bayesnas_tf.data import streaming as streaming_data
 from bayesnas_tf.errors import CheckpointMismatchError, ConfigError
 from bayesnas_tf.genotype import KNOWN_GENOTYPES, Genotype, resolve_genotype
 from bayesnas_tf.io_utils import atomic_write_text

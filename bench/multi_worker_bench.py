@@ -45,7 +45,7 @@ def time_search_step(data: str, batch: int, steps: int, strategy: str,
   import numpy as np  # pylint: disable=g-import-not-at-top
   from bayesnas_tf.runtime import cluster  # pylint: disable=g-import-not-at-top
   from bayesnas_tf import config as config_lib  # pylint: disable=g-import-not-at-top
-  from bayesnas_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf.data import arrays as data_lib  # pylint: disable=g-import-not-at-top
   from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
   from bayesnas_tf.search import search_loop  # pylint: disable=g-import-not-at-top
   config = config_lib.ExperimentConfig(

@@ -23,10 +23,10 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import config as config_lib
-from bayesnas_tf import data as data_lib
 from bayesnas_tf import export as export_lib
 from bayesnas_tf import modes
 from bayesnas_tf import train as train_lib
+from bayesnas_tf.data import arrays as data_lib
 from bayesnas_tf.genotype import resolve_genotype
 
 _DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",

@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import config as config_lib
-from bayesnas_tf import data as data_lib
 from bayesnas_tf import modes
+from bayesnas_tf.data import arrays as data_lib
 from bayesnas_tf.search import search_loop
 
 _DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",

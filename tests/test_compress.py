@@ -368,7 +368,7 @@ def test_slim_model_keras_round_trip(tmp_path):
 def test_bn_recalibration_is_the_mean_of_batch_statistics(tmp_path):
   import dataclasses
   from bayesnas_tf import config as config_lib
-  from bayesnas_tf import data as data_lib
+  from bayesnas_tf.data import arrays as data_lib
   from bayesnas_tf.compress import compressor
   keras.utils.set_random_seed(0)
   _small_cnn().save(tmp_path / "m.keras")
@@ -410,7 +410,7 @@ def compressed_digits(tmp_path_factory):
   model = _small_cnn()
   model.compile(optimizer=keras.optimizers.Adam(0.01),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  from bayesnas_tf import data as data_lib
+  from bayesnas_tf.data import arrays as data_lib
   digits = data_lib.load_dataset("digits")
   x = (digits.x_train.astype(np.float32) / 255.0 - digits.mean) / digits.std
   model.fit(x, digits.y_train, epochs=5, batch_size=64, verbose=0)
@@ -457,7 +457,7 @@ def test_compressed_model_serves_without_bayesnas(compressed_digits, tmp_path):
   root, _ = compressed_digits
   version = root / "exports" / "user_cnn_compressed" / "1"
   assert version.is_dir()
-  from bayesnas_tf import data as data_lib
+  from bayesnas_tf.data import arrays as data_lib
   digits = data_lib.load_dataset("digits")
   np.save(tmp_path / "x.npy", digits.x_test[:16])
   code = ("import sys; sys.modules['bayesnas_tf'] = None\n"

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from bayesnas_tf import data
+from bayesnas_tf.data import arrays as data
 from bayesnas_tf.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -216,7 +216,7 @@ def test_missing_npz_file_or_folder(tmp_path):
   with pytest.raises(DataError, match="nope.npz' does not exist"):
     data.load_dataset(f"npz:{tmp_path / 'nope.npz'}")
   # The loaders check what main.py checks before TensorFlow loads.
-  from bayesnas_tf import streaming_data  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf.data import streaming as streaming_data  # pylint: disable=g-import-not-at-top
   for load in (lambda spec: data.load_dataset(spec),
                lambda spec: streaming_data.load_streaming_dataset(spec, None, False, 64)):
     with pytest.raises(DataError, match="image folder '.*nope' does not exist"):

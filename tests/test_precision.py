@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from bayesnas_tf import config as config_lib
-from bayesnas_tf import data as data_lib
+from bayesnas_tf.data import arrays as data_lib
 from bayesnas_tf import ops
 from bayesnas_tf import search_space
 from bayesnas_tf.layers import MixedOp

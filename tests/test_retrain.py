@@ -108,7 +108,7 @@ def test_retrain_trains_and_exports(retrained):
 
 def test_export_serves_without_bayesnas_and_matches_keras(retrained, tmp_path):
   model_dir, export_dir = retrained
-  from bayesnas_tf import data as data_lib
+  from bayesnas_tf.data import arrays as data_lib
   images = data_lib.load_dataset("digits").x_test[:16]
   np.save(tmp_path / "images.npy", images)
   served, stdout = _serve_without_bayesnas(export_dir / "bayesnas_l0.01" / "1",
@@ -129,7 +129,7 @@ def test_saved_model_cli_show_and_run(retrained, tmp_path):
   assert show.returncode == 0, show.stderr[-2000:]
   assert "DT_UINT8" in show.stdout and "(-1, 8, 8, 1)" in show.stdout
   assert "outputs['classes']" in show.stdout
-  from bayesnas_tf import data as data_lib
+  from bayesnas_tf.data import arrays as data_lib
   images = data_lib.load_dataset("digits").x_test[:8]
   np.save(tmp_path / "x.npy", images)
   run = subprocess.run([str(cli), "run", "--dir", str(version), "--tag_set", "serve",

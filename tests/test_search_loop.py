@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from bayesnas_tf import config as config_lib
-from bayesnas_tf import data as data_lib
+from bayesnas_tf.data import arrays as data_lib
 from bayesnas_tf.search import prior as prior_lib
 from bayesnas_tf.search import search_loop
 

@@ -32,8 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import data as data_lib
 from bayesnas_tf.config import ExperimentConfig
+from bayesnas_tf.data import arrays as data_lib
 from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.genotype import Genotype

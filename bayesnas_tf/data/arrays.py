@@ -26,9 +26,9 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import dataset_spec
+from bayesnas_tf.data import spec as dataset_spec
 # Re-exported: callers read them as data.NPZ_PREFIX etc.
-from bayesnas_tf.dataset_spec import EMBEDDED_DIGITS, FOLDER_PREFIX, NPZ_PREFIX  # pylint: disable=unused-import
+from bayesnas_tf.data.spec import EMBEDDED_DIGITS, FOLDER_PREFIX, NPZ_PREFIX  # pylint: disable=unused-import
 from bayesnas_tf.errors import DataError
 
 # (image_shape, num_classes) of the datasets whose metadata is known without
@@ -639,7 +639,7 @@ class ArrayTrainingData:
   """An in-memory `ImageDataset` behind the interface of the trainer.
 
   The same `train(...)` / `test(...)` interface as
-  `streaming_data.StreamingDataset`, so one trainer serves both.
+  `streaming.StreamingDataset`, so one trainer serves both.
   """
   dataset: ImageDataset
   augment: AugmentConfig

@@ -26,9 +26,9 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import data as data_lib
-from bayesnas_tf import dataset_spec
-from bayesnas_tf.dataset_spec import FOLDER_PREFIX
+from bayesnas_tf.data import arrays as data_lib
+from bayesnas_tf.data import spec as dataset_spec
+from bayesnas_tf.data.spec import FOLDER_PREFIX
 from bayesnas_tf.errors import DataError
 
 IMAGENET = "imagenet2012"
