@@ -1,6 +1,6 @@
-"""The op names of both search spaces and the prune threshold, without
-TensorFlow: flags, configs and genotypes are checked against these before
-TensorFlow loads (a mistyped flag is answered in under a second).
+"""The op names of both search spaces, without TensorFlow: flags, configs and
+genotypes are checked against these before TensorFlow loads (a mistyped
+flag is answered in under a second).
 
 `ops.OPS` and `tree_ops.TREE_OPS` / `tree_ops.PRE_EDGES` build the layers
 under exactly these names, in this order (they check it when imported).
@@ -8,7 +8,6 @@ under exactly these names, in this order (they check it when imported).
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Sequence, Tuple
 
 from bayesnas_tf.errors import ConfigError
@@ -25,11 +24,6 @@ TREE_OP_NAMES: Tuple[str, ...] = (
 
 # Cell-level pre-edges of tree cells: output channels as a multiple of C.
 PRE_EDGE_WIDTH: Dict[str, int] = {"gconv3_x2": 2}
-
-# The paper's prune threshold: an op is pruned when the entropy of its prior,
-# 1/2 ln(2 pi e gamma), is not positive (Sec. 5.3), i.e. gamma <= 1/(2 pi e).
-PRUNE_THRESHOLD = 1.0 / (2.0 * math.pi * math.e)
-
 
 def _check_known(names: Sequence[str], valid: Sequence[str],
                  kind: str) -> Tuple[str, ...]:

@@ -36,7 +36,7 @@ from bayesnas_tf.nn.init import depthwise_initializer
 from bayesnas_tf.nn.init import strided_size
 from bayesnas_tf.nn.sequence_op import SequenceOp
 # Re-exported: callers read them as ops.PRIMITIVES etc.
-from bayesnas_tf.op_names import PRIMITIVES, PRUNE_THRESHOLD, check_primitives  # pylint: disable=unused-import
+from bayesnas_tf.op_names import PRIMITIVES, check_primitives  # pylint: disable=unused-import
 
 
 def _symmetric_pad(pad_layer: keras.layers.ZeroPadding2D):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf.ops import PRIMITIVES, PRUNE_THRESHOLD
+from bayesnas_tf.config import PRUNE_THRESHOLD
+from bayesnas_tf.ops import PRIMITIVES
 from bayesnas_tf.search import prior
 from bayesnas_tf.search.derive import derive_genotype
 from bayesnas_tf.search_space import BAYESNAS_SPACE, CELL_TYPES, DARTS_SPACE

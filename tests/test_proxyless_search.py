@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bayesnas_tf.genotype import Genotype
-from bayesnas_tf.ops import PRUNE_THRESHOLD
+from bayesnas_tf.config import PRUNE_THRESHOLD
 from bayesnas_tf.tree_genotype import TreeGenotype, trainable_params
 from bayesnas_tf.tree_space import TREE_SPACES
 from conftest import CIFAR_SUBSET, requires_shared_data, run_main

@@ -10,7 +10,7 @@ from bayesnas_tf import testing
 from bayesnas_tf import tree_ops
 from bayesnas_tf.errors import GenotypeError
 from bayesnas_tf.layers.tree_cell import TreeCell, TreeEdge
-from bayesnas_tf.ops import PRUNE_THRESHOLD
+from bayesnas_tf.config import PRUNE_THRESHOLD
 from bayesnas_tf.search import hessian as hessian_lib
 from bayesnas_tf.search import prior as prior_lib
 from bayesnas_tf.search.tree_derive import derive_cell

@@ -34,7 +34,7 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf.ops import PRUNE_THRESHOLD
+from bayesnas_tf.config.search import PRUNE_THRESHOLD
 from bayesnas_tf.search_space import CellSpec
 
 DTYPE = tf.float64
