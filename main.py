@@ -20,7 +20,7 @@ from bayesnas_tf import config as config_lib
 from bayesnas_tf.data.spec import check_local_dataset
 from bayesnas_tf.errors import BayesNASError
 from bayesnas_tf.errors import PREEMPTED_EXIT_CODE, Preempted
-from bayesnas_tf.genotype import resolve_genotype
+from bayesnas_tf.spaces.registry import resolve_genotype
 
 FLAGS = flags.FLAGS
 

@@ -52,3 +52,14 @@ def json_provenance(search: Any) -> Optional[Dict[str, Any]]:
     raise GenotypeError(
         f"genotype field 'search' must hold only JSON values (numbers, "
         f"strings, lists, objects); it holds a {e}") from None
+
+
+def parse_json(text: str, source: str) -> Any:
+  """The JSON value of `text`; GenotypeError names `source` and the position
+  when it is not JSON."""
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise GenotypeError(
+        f"{source} is not valid JSON ({e.msg} at line {e.lineno}, column "
+        f"{e.colno}); fix the file or regenerate it") from None

@@ -16,7 +16,6 @@ from typing import Callable, Dict, Optional
 
 from absl import logging
 import keras
-import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import export as export_lib
@@ -24,9 +23,8 @@ from bayesnas_tf.config import ExperimentConfig
 from bayesnas_tf.data import arrays as data_lib
 from bayesnas_tf.data import streaming as streaming_data
 from bayesnas_tf.errors import CheckpointMismatchError, ConfigError
-from bayesnas_tf.genotype import KNOWN_GENOTYPES, Genotype, resolve_genotype
 from bayesnas_tf.io_utils import atomic_write_text
-from bayesnas_tf.models.child_net import ChildNetwork
+from bayesnas_tf.nn.init import count_params
 from bayesnas_tf.runtime import cluster
 from bayesnas_tf.runtime import distribute
 from bayesnas_tf.runtime import precision
@@ -36,7 +34,7 @@ from bayesnas_tf.runtime import run_dir
 from bayesnas_tf.runtime import threads
 from bayesnas_tf.runtime.checkpointing import restore_latest
 from bayesnas_tf.runtime.checkpointing import variables_by_path
-from bayesnas_tf.tree_genotype import BUILTIN_TREE_GENOTYPES, TreeGenotype
+from bayesnas_tf.spaces import registry
 
 DATASET_FILE = "dataset.json"
 GENOTYPE_FILE = "genotype.json"
@@ -82,16 +80,12 @@ def configure_graph_optimizer() -> bool:
   return True
 
 
-def count_params(variables) -> int:
-  return int(sum(int(np.prod(v.shape)) for v in variables))
-
-
 # --- search ------------------------------------------------------------------
 def search_summary(config: ExperimentConfig) -> Dict[str, int]:
   """Builds the supernet without data and counts its parameters."""
-  from bayesnas_tf.search.backends import search_backend  # pylint: disable=g-import-not-at-top
   image_shape, num_classes = data_lib.dataset_metadata(config.data.dataset)
-  backend = search_backend(config)
+  backend = registry.get_family(config.supernet.search_space).search_backend(
+      config)
   return backend.summary(backend.build_network(num_classes, image_shape))
 
 
@@ -108,42 +102,13 @@ def run_search(config: ExperimentConfig, flags_text: str = ""):
 
 
 # --- retrain / transfer --------------------------------------------------------
-def build_child_network(config: ExperimentConfig, genotype: Genotype,
-                        num_classes: int, image_shape) -> ChildNetwork:
+def build_child_network(config: ExperimentConfig, genotype, num_classes: int,
+                        image_shape) -> keras.Model:
+  """The built network of `genotype`, by its family (spaces/base.py)."""
   # Every layer computes in --dtype_policy; the variables stay float32.
   with precision.policy_scope(config.runtime.dtype_policy):
-    return _build_child_network(config, genotype, num_classes, image_shape)
-
-
-def _build_child_network(config: ExperimentConfig, genotype: Genotype,
-                         num_classes: int, image_shape) -> ChildNetwork:
-  if isinstance(genotype, TreeGenotype):
-    return _build_pyramid_tree_network(config, genotype, num_classes, image_shape)
-  train = config.train
-  model = ChildNetwork(genotype, num_classes=num_classes, cells=train.cells,
-                       channels=train.channels, variant=train.variant,
-                       drop_path=train.drop_path, auxiliary=train.auxiliary,
-                       name="child_network")
-  model.build((None,) + tuple(image_shape))
-  return model
-
-
-def _build_pyramid_tree_network(config: ExperimentConfig, genotype: TreeGenotype,
-                                num_classes: int, image_shape):
-  """The derived PyramidNet of a proxyless search (PROXYLESS.md 2, 3.3).
-
-  The genotype fixes the whole network (backbone and every block's cell), so
-  --cells/--channels/--drop_path/--auxiliary play no part; --drop_prob is
-  the tree cells' path drop.
-  """
-  from bayesnas_tf.models.pyramid_tree import PyramidTreeNet  # pylint: disable=g-import-not-at-top
-  if config.train.variant != "cifar":
-    raise ConfigError(
-        f"a pyramid_tree genotype builds the CIFAR PyramidNet; it has no "
-        f"--variant={config.train.variant} network (use --mode=retrain)")
-  model = PyramidTreeNet(genotype, num_classes=num_classes, name="child_network")
-  model.build((None,) + tuple(image_shape))
-  return model
+    return registry.family_of(genotype).build_child_network(
+        config.train, genotype, num_classes, image_shape)
 
 
 def _image_shape_for_summary(config: ExperimentConfig):
@@ -154,7 +119,7 @@ def _image_shape_for_summary(config: ExperimentConfig):
 
 
 def train_summary(config: ExperimentConfig) -> Dict[str, int]:
-  genotype = resolve_genotype(config.train.genotype)
+  genotype = registry.resolve_genotype(config.train.genotype)
   image_shape, num_classes = _image_shape_for_summary(config)
   model = build_child_network(config, genotype, num_classes, image_shape)
   return {"trainable_params": count_params(model.trainable_variables)}
@@ -179,15 +144,15 @@ def load_training_data(config: ExperimentConfig):
       config.runtime.seed)
 
 
-def _check_genotype_matches(model_dir: str, genotype: Genotype) -> None:
+def _check_genotype_matches(model_dir: str, genotype) -> None:
   path = os.path.join(model_dir, GENOTYPE_FILE)
-  if os.path.exists(path) and Genotype.load(path) != genotype:
+  if os.path.exists(path) and registry.load_genotype(path) != genotype:
     raise CheckpointMismatchError(
         f"{model_dir} holds a run of another genotype ({path}); pass a new "
         "--model_dir")
 
 
-def warm_start_cells(model: ChildNetwork, source_dir: str) -> int:
+def warm_start_cells(model: keras.Model, source_dir: str) -> int:
   """Copies cell weights of matching path and shape from a retrain run.
 
   Transfer from CIFAR to ImageNet (DESIGN.md 7): the cells' ops keep their
@@ -215,9 +180,11 @@ def warm_start_cells(model: ChildNetwork, source_dir: str) -> int:
 def default_model_name(config: ExperimentConfig) -> str:
   if config.export.model_name:
     return config.export.model_name
-  if config.train.genotype in KNOWN_GENOTYPES or (
-      config.train.genotype in BUILTIN_TREE_GENOTYPES):
-    return config.train.genotype
+  # A built-in genotype names its folder.
+  for family in registry.families():
+    name = family.default_model_name(config.train.genotype)
+    if name:
+      return name
   return "bayesnas"
 
 
@@ -225,7 +192,7 @@ def run_training(config: ExperimentConfig, flags_text: str = ""):
   """--mode=retrain / transfer: train a derived network, then export it."""
   from bayesnas_tf import train as train_lib  # pylint: disable=g-import-not-at-top
   run_dir.check_model_dir(config)
-  genotype = resolve_genotype(config.train.genotype)
+  genotype = registry.resolve_genotype(config.train.genotype)
   _check_genotype_matches(config.runtime.model_dir, genotype)
   if config.export.export:
     export_lib.check_writable(config.export.export_dir)
@@ -253,7 +220,7 @@ def run_training(config: ExperimentConfig, flags_text: str = ""):
   return result
 
 
-def export_model(model, config: ExperimentConfig, genotype: Genotype) -> str:
+def export_model(model, config: ExperimentConfig, genotype) -> str:
   with open(os.path.join(config.runtime.model_dir, DATASET_FILE)) as f:
     meta = json.load(f)
   return export_lib.export_saved_model(
@@ -272,7 +239,7 @@ def run_export(config: ExperimentConfig, flags_text: str = "") -> str:
     raise ConfigError(
         f"{model_dir} holds a --mode={trained.mode} run; --mode=export exports "
         "the --model_dir of a retrain or transfer run")
-  genotype = Genotype.load(os.path.join(model_dir, GENOTYPE_FILE))
+  genotype = registry.load_genotype(os.path.join(model_dir, GENOTYPE_FILE))
   with open(os.path.join(model_dir, DATASET_FILE)) as f:
     meta = json.load(f)
   export_lib.check_writable(config.export.export_dir)
@@ -293,7 +260,7 @@ def run_export(config: ExperimentConfig, flags_text: str = "") -> str:
 # --- compress ----------------------------------------------------------------
 def _compress_base_model(config: ExperimentConfig, image_shape, num_classes):
   from bayesnas_tf.compress import compressor  # pylint: disable=g-import-not-at-top
-  from bayesnas_tf.models import cnn_zoo  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf.compress import cnn_zoo  # pylint: disable=g-import-not-at-top
   cfg = config.compress
   if cfg.base_model:
     return compressor.load_base_model(cfg.base_model, image_shape, num_classes)

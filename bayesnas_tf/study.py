@@ -6,10 +6,11 @@ random from the same space with the same number of ops. One study:
 
 1. runs the search with `study_seeds` seeds and derives each genotype;
 2. draws `random_per_seed` random genotypes per found one, from the same
-   space and primitives, with the same number of kept ops per cell type
-   (ops placed uniformly over the (edge, op) pairs; a draw in which an op
-   reads a node that lost every input is redrawn, because the search never
-   produces one: Proposition 1);
+   space and primitives, with the same number of kept ops per cell type (the
+   family's `random_genotype_like`; for the DAG cells, spaces/dag/
+   sampling.py: ops placed uniformly over the (edge, op) pairs, and a draw
+   in which an op reads a node that lost every input is redrawn, because the
+   search never produces one: Proposition 1);
 3. adds the released cells of `study_reference` (e.g. bayesnas_l0.01) as
    reference rows;
 4. retrains every genotype with one identical schedule (the same cells,
@@ -37,64 +38,13 @@ from absl import logging
 import numpy as np
 
 from bayesnas_tf.config import ExperimentConfig
-from bayesnas_tf.errors import ConfigError
-from bayesnas_tf.genotype import CELL_TYPES, Genotype, resolve_genotype
 from bayesnas_tf.io_utils import atomic_write_text
-from bayesnas_tf.search_space import SearchSpace, get_search_space
+from bayesnas_tf.spaces import registry
 
 STUDY_FILE = "study.json"
 PLOT_FILE = "study.png"
 STUDY_SCHEMA_VERSION = 1
 GROUPS = ("searched", "random", "released")
-_MAX_DRAWS = 10000
-
-
-def kept_op_counts(genotype: Genotype) -> Dict[str, int]:
-  """Number of (op, input) pairs per cell type."""
-  return {t: sum(len(node) for node in genotype.cell(t)) for t in CELL_TYPES}
-
-
-def reads_empty_node(genotype: Genotype) -> bool:
-  """Whether some op reads a node that has no input (ALGORITHM.md 3.6)."""
-  for cell_type in CELL_TYPES:
-    cell = genotype.cell(cell_type)
-    for node in cell:
-      for _, src in node:
-        if src.startswith("n") and not cell[int(src[1:])]:
-          return True
-  return False
-
-
-def random_genotype(space: SearchSpace, primitives: Sequence[str],
-                    counts: Dict[str, int], rng: np.random.Generator,
-                    metadata: Optional[Dict[str, Any]] = None) -> Genotype:
-  """A uniformly random genotype with `counts[cell_type]` ops per cell type.
-
-  Ops are `counts` distinct (edge, op) pairs of the space's cell DAG; draws
-  in which an op reads a node without input are rejected.
-  """
-  for _ in range(_MAX_DRAWS):
-    cells = {}
-    for cell_type in CELL_TYPES:
-      spec = space.cell(cell_type)
-      pairs = [(e, op) for e in range(len(spec.edges)) for op in primitives]
-      if counts[cell_type] > len(pairs):
-        raise ConfigError(
-            f"cannot draw {counts[cell_type]} ops from the {len(pairs)} "
-            f"(edge, op) pairs of the {cell_type} cell")
-      chosen = sorted(rng.choice(len(pairs), counts[cell_type], replace=False))
-      nodes = {node: [] for node in spec.nodes}
-      for index in chosen:
-        e, op = pairs[index]
-        src, dst = spec.edges[e]
-        nodes[dst].append((op, src))
-      cells[cell_type] = tuple(tuple(nodes[n]) for n in spec.nodes)
-    genotype = Genotype(cells["normal"], cells["reduce"], search=metadata)
-    if not reads_empty_node(genotype):
-      return genotype
-  raise ConfigError(
-      f"no random genotype with {counts} ops reads only nodes that have an "
-      f"input after {_MAX_DRAWS} draws")
 
 
 @dataclasses.dataclass
@@ -142,7 +92,7 @@ def format_table(runs: Sequence[RunRecord],
                  summary: Dict[str, Dict[str, float]]) -> str:
   lines = [f"{'run':<28} {'group':<9} {'ops N/R':>8} {'params':>10} {'test acc':>9}"]
   for r in runs:
-    ops = f"{r.kept_ops['normal']}/{r.kept_ops['reduce']}"
+    ops = "/".join(str(n) for n in r.kept_ops.values())
     lines.append(f"{r.name:<28} {r.group:<9} {ops:>8} {r.params:>10,} "
                  f"{r.test_accuracy:>9.4f}")
   lines.append("")
@@ -190,7 +140,11 @@ class Study:
     self.flags_text = flags_text
     self.model_dir = config.runtime.model_dir
     self.study_path = os.path.join(self.model_dir, STUDY_FILE)
-    self.space = get_search_space(config.supernet.search_space)
+    space = config.supernet.search_space
+    # Random genotypes come from the family of the searched space; a space
+    # without them is refused before the first search.
+    self.family = registry.get_family(space)
+    self.family.check_study(space)
     self.runs: Dict[str, RunRecord] = self._load()
 
   # --- bookkeeping --------------------------------------------------------
@@ -258,7 +212,7 @@ class Study:
     result = modes.run_search(config, self.flags_text)
     return result, time.perf_counter() - start
 
-  def _retrain(self, name: str, group: str, genotype: Genotype,
+  def _retrain(self, name: str, group: str, genotype,
                search_seed: Optional[int] = None, **extra) -> RunRecord:
     from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
     import keras  # pylint: disable=g-import-not-at-top
@@ -267,7 +221,7 @@ class Study:
       genotype.save(genotype_path)
     config = self.retrain_config(name, genotype_path)
     logging.info("study: retraining %s (%s, %s ops)", name, group,
-                 kept_op_counts(genotype))
+                 self.family.op_counts(genotype))
     start = time.perf_counter()
     result = modes.run_training(config, self.flags_text)
     wall = time.perf_counter() - start
@@ -275,7 +229,7 @@ class Study:
     keras.backend.clear_session()   # Free the finished run's graphs.
     record = RunRecord(
         name=name, group=group, search_seed=search_seed,
-        genotype=genotype.to_dict(), kept_ops=kept_op_counts(genotype),
+        genotype=genotype.to_dict(), kept_ops=self.family.op_counts(genotype),
         params=int(params), test_accuracy=float(result.test_accuracy),
         wall_time_s=round(wall, 1), model_dir=config.runtime.model_dir, **extra)
     self._record(record)
@@ -295,8 +249,8 @@ class Study:
         continue
       result, search_wall = self._search(seed)
       keras.backend.clear_session()
-      found = Genotype.load(result.genotype_path)
-      counts = kept_op_counts(found)
+      found = registry.load_genotype(result.genotype_path)
+      counts = self.family.op_counts(found)
       logging.info("study: search seed %d kept ops %s (supernet test accuracy "
                    "%.4f)", seed, counts, result.test_accuracy)
       if searched_name not in self.runs:
@@ -307,14 +261,14 @@ class Study:
         if name in self.runs:
           continue
         rng = np.random.default_rng([base_seed, seed, j])
-        genotype = random_genotype(
-            self.space, self.config.supernet.primitives, counts, rng,
+        genotype = self.family.random_genotype_like(
+            found, self.config.supernet, rng,
             {"random": True, "matches": searched_name, "draw": j})
         self._retrain(name, "random", genotype, seed)
     for reference in study.study_reference:
       name = f"released_{reference}"
       if name not in self.runs:
-        self._retrain(name, "released", resolve_genotype(reference))
+        self._retrain(name, "released", registry.resolve_genotype(reference))
     summary = self._write()
     runs = tuple(self.runs.values())
     plot = save_plot(runs, os.path.join(self.model_dir, PLOT_FILE))

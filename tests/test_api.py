@@ -33,7 +33,7 @@ TINY = {
 def test_import_is_light():
   # Genotypes too: main.py checks --genotype before TensorFlow loads.
   code = ("import sys, bayesnas_tf; from bayesnas_tf import api; "
-          "from bayesnas_tf.genotype import resolve_genotype; "
+          "from bayesnas_tf.spaces.registry import resolve_genotype; "
           "resolve_genotype('bayesnas_l0.01'); resolve_genotype('proxyless_g_cifar'); "
           "bayesnas_tf.run_search; print('tensorflow' in sys.modules)")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True,

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from bayesnas_tf import testing
-from bayesnas_tf.models.supernet import SuperNet
+from bayesnas_tf.spaces.dag.supernet import SuperNet
 from bayesnas_tf.nn.batch_norm import BatchNorm
 from bayesnas_tf.runtime.checkpointing import variables_by_path
 

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf import ops
+from bayesnas_tf.spaces.dag import ops
 from bayesnas_tf import testing
 from bayesnas_tf.errors import GenotypeError
-from bayesnas_tf.genotype import Genotype
-from bayesnas_tf.genotype import KNOWN_GENOTYPES
-from bayesnas_tf.layers.child_cell import ChildCell
-from bayesnas_tf.models.child_net import AuxiliaryHead
-from bayesnas_tf.models.child_net import ChildNetwork
+from bayesnas_tf.spaces.dag.genotype import Genotype
+from bayesnas_tf.spaces.dag.genotype import KNOWN_GENOTYPES
+from bayesnas_tf.spaces.dag.child_cell import ChildCell
+from bayesnas_tf.spaces.dag.child_net import AuxiliaryHead
+from bayesnas_tf.spaces.dag.child_net import ChildNetwork
 from bayesnas_tf.runtime import checkpointing
 
 CIFAR_SHAPE = (None, 32, 32, 3)

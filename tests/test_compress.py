@@ -15,7 +15,7 @@ import tensorflow as tf
 from bayesnas_tf.compress import group_prior
 from bayesnas_tf.compress import structure
 from bayesnas_tf.compress.weight_hessian import kernel_hessian_diagonal
-from bayesnas_tf.models import cnn_zoo
+from bayesnas_tf.compress import cnn_zoo
 from conftest import MNIST, requires_shared_data, run_main
 
 THRESHOLD = 1.0 / (2 * np.pi * np.e)

@@ -7,12 +7,12 @@ import logging
 import numpy as np
 import pytest
 
-from bayesnas_tf import ops
-from bayesnas_tf.genotype import Genotype
-from bayesnas_tf.genotype import KNOWN_GENOTYPES
-from bayesnas_tf.search.derive import derive_genotype
-from bayesnas_tf.search_space import BAYESNAS_SPACE
-from bayesnas_tf.search_space import DARTS_SPACE
+from bayesnas_tf.spaces.dag import ops
+from bayesnas_tf.spaces.dag.genotype import Genotype
+from bayesnas_tf.spaces.dag.genotype import KNOWN_GENOTYPES
+from bayesnas_tf.spaces.dag.derive import derive_genotype
+from bayesnas_tf.spaces.dag.space import BAYESNAS_SPACE
+from bayesnas_tf.spaces.dag.space import DARTS_SPACE
 
 PRIMS = ops.PRIMITIVES  # sep3 sep5 dil3 dil5 max avg id
 ALL = len(PRIMS)  # column of the edge gate w_all

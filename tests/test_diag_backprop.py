@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf import ops
+from bayesnas_tf.spaces.dag import ops
 from bayesnas_tf.compress import structure
 from bayesnas_tf.compress import weight_diag_backprop
 from bayesnas_tf.compress.weight_hessian import kernel_hessian_diagonal
-from bayesnas_tf.layers.channel_reduce import ChannelReduce
+from bayesnas_tf.spaces.dag.channel_reduce import ChannelReduce
 from bayesnas_tf.layers.switched_edge import SwitchedEdge
 from bayesnas_tf.nn.batch_norm import BatchNorm
-from bayesnas_tf.search import diag_backprop
+from bayesnas_tf.spaces.dag import diag_backprop
 from bayesnas_tf.search import hessian
 from test_compress import _randomize_batch_norms, _small_cnn
 from test_hessian import PRIMITIVES, _small_net

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf import ops
+from bayesnas_tf.spaces.dag import ops
 from bayesnas_tf.nn import fast_conv
 
 

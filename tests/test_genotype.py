@@ -9,11 +9,11 @@ import os
 import numpy as np
 import pytest
 
-from bayesnas_tf import ops
+from bayesnas_tf.spaces.dag import ops
 from bayesnas_tf.errors import GenotypeError
-from bayesnas_tf.genotype import Genotype
-from bayesnas_tf.genotype import KNOWN_GENOTYPES
-from bayesnas_tf.genotype import resolve_genotype
+from bayesnas_tf.spaces.dag.genotype import Genotype
+from bayesnas_tf.spaces.dag.genotype import KNOWN_GENOTYPES
+from bayesnas_tf.spaces.registry import resolve_genotype
 
 # Ops per node, counted from ALGORITHM.md 6 (normal, reduce).
 EXPECTED_COUNTS = {

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf.models.supernet import SuperNet
+from bayesnas_tf.spaces.dag.supernet import SuperNet
 from bayesnas_tf.search import hessian
 
 PRIMITIVES = ("sep3", "max", "avg", "id")

@@ -21,8 +21,9 @@ import tensorflow as tf
 
 from bayesnas_tf import config as config_lib
 from bayesnas_tf.data import arrays as data_lib
-from bayesnas_tf.models.supernet import SuperNet
+from bayesnas_tf.spaces.dag.supernet import SuperNet
 from bayesnas_tf.search import search_loop
+from bayesnas_tf.spaces import registry
 
 SUBSET = ("sep3", "dil3", "max", "avg", "id")
 RTOL, ATOL = 1e-4, 1e-5
@@ -109,7 +110,7 @@ def test_retrain_steps_jit_equal_graph(tmp_path):
         "--genotype=bayesnas_l0.01", "--cells=3", "--channels=4", "--epochs=1"))
     data = modes.load_training_data(config)
     model = modes.build_child_network(
-        config, modes.resolve_genotype(config.train.genotype),
+        config, registry.resolve_genotype(config.train.genotype),
         data.num_classes, data.image_shape)
     trainers.append(train_lib.Trainer(config, model, data,
                                       tf.distribute.get_strategy()))

@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 
 from bayesnas_tf.callbacks import DropPathSchedule
-from bayesnas_tf.genotype import KNOWN_GENOTYPES
-from bayesnas_tf.models.child_net import ChildNetwork
+from bayesnas_tf.spaces.dag.genotype import KNOWN_GENOTYPES
+from bayesnas_tf.spaces.dag.child_net import ChildNetwork
 
 SMALL = dict(num_classes=3, cells=3, channels=4)
 EPOCHS = 2

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf import ops
-from bayesnas_tf import search_space
+from bayesnas_tf.spaces.dag import ops
+from bayesnas_tf.spaces.dag import space as search_space
 from bayesnas_tf import testing
 from bayesnas_tf.layers import MixedOp
 from bayesnas_tf.layers import SwitchedEdge
-from bayesnas_tf.layers.bayes_cell import BayesCell
-from bayesnas_tf.layers.channel_reduce import ChannelReduce
+from bayesnas_tf.spaces.dag.bayes_cell import BayesCell
+from bayesnas_tf.spaces.dag.channel_reduce import ChannelReduce
 
 SUBSET = ("sep3", "max", "id")  # a cheap primitive subset, in gate order
 

@@ -16,11 +16,11 @@ import shutil
 import numpy as np
 
 from bayesnas_tf import api
-from bayesnas_tf.genotype import KNOWN_GENOTYPES
-from bayesnas_tf.genotype import resolve_genotype
-from bayesnas_tf.models.child_net import ChildNetwork
-from bayesnas_tf.models.pyramid_tree import PyramidTreeNet
-from bayesnas_tf.models.supernet import SuperNet
+from bayesnas_tf.spaces.dag.genotype import KNOWN_GENOTYPES
+from bayesnas_tf.spaces.registry import resolve_genotype
+from bayesnas_tf.spaces.dag.child_net import ChildNetwork
+from bayesnas_tf.spaces.tree.pyramid_tree import PyramidTreeNet
+from bayesnas_tf.spaces.dag.supernet import SuperNet
 from conftest import ROOT
 
 LEGACY = ROOT / "tests" / "fixtures" / "legacy"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf import ops
+from bayesnas_tf.spaces.dag import ops
 from bayesnas_tf import testing
 from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.nn import batch_norm

@@ -18,14 +18,14 @@ import tensorflow as tf
 
 from bayesnas_tf import config as config_lib
 from bayesnas_tf.data import arrays as data_lib
-from bayesnas_tf import ops
-from bayesnas_tf import search_space
+from bayesnas_tf.spaces.dag import ops
+from bayesnas_tf.spaces.dag import space as search_space
 from bayesnas_tf.layers import MixedOp
 from bayesnas_tf.layers import SwitchedEdge
-from bayesnas_tf.layers.bayes_cell import BayesCell
-from bayesnas_tf.layers.channel_reduce import ChannelReduce
-from bayesnas_tf.layers.child_cell import ChildCell
-from bayesnas_tf.models.supernet import SuperNet
+from bayesnas_tf.spaces.dag.bayes_cell import BayesCell
+from bayesnas_tf.spaces.dag.channel_reduce import ChannelReduce
+from bayesnas_tf.spaces.dag.child_cell import ChildCell
+from bayesnas_tf.spaces.dag.supernet import SuperNet
 from bayesnas_tf.runtime import precision
 from bayesnas_tf.search import search_loop
 from tests.conftest import run_main

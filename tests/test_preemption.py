@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from bayesnas_tf.errors import PREEMPTED_EXIT_CODE
-from bayesnas_tf.genotype import Genotype
+from bayesnas_tf.spaces.dag.genotype import Genotype
 from conftest import posterior_gammas
 from scale_out_util import ProcessGroup, worker_hosts
 

@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 
 from bayesnas_tf.config import PRUNE_THRESHOLD
-from bayesnas_tf.ops import PRIMITIVES
+from bayesnas_tf.spaces.dag.ops import PRIMITIVES
 from bayesnas_tf.search import prior
-from bayesnas_tf.search.derive import derive_genotype
-from bayesnas_tf.search_space import BAYESNAS_SPACE, CELL_TYPES, DARTS_SPACE
+from bayesnas_tf.spaces.dag.derive import derive_genotype
+from bayesnas_tf.spaces.dag.space import BAYESNAS_SPACE, CELL_TYPES, DARTS_SPACE
 
 
 def test_threshold_and_entropy():  # 9.2 item 1

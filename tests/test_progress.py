@@ -167,7 +167,7 @@ def _image_tags(logdir):
 
 def _write_one_update(logdir):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from bayesnas_tf.genotype import KNOWN_GENOTYPES  # pylint: disable=import-outside-toplevel
+  from bayesnas_tf.spaces.dag.genotype import KNOWN_GENOTYPES  # pylint: disable=import-outside-toplevel
   from bayesnas_tf.search import summaries  # pylint: disable=import-outside-toplevel
   writer = tf.summary.create_file_writer(str(logdir))
   groups = [{"cell_type": "normal", "edge": "in0->n0", "gate": "max",
@@ -179,7 +179,7 @@ def _write_one_update(logdir):
 
 
 def test_cell_diagrams_with_real_graphviz(tmp_path):
-  from bayesnas_tf import visualize  # pylint: disable=import-outside-toplevel
+  from bayesnas_tf.spaces.dag import visualize  # pylint: disable=import-outside-toplevel
   reason = visualize.png_skip_reason()
   if reason is not None:
     pytest.skip(f"cell diagrams need Graphviz: {reason}")
@@ -208,7 +208,7 @@ def test_cell_diagrams_through_graphviz_with_a_stand_in_dot(tmp_path, monkeypatc
 
 
 def test_cell_diagrams_skipped_with_one_line_without_dot(tmp_path, monkeypatch, caplog):
-  from bayesnas_tf import visualize  # pylint: disable=import-outside-toplevel
+  from bayesnas_tf.spaces.dag import visualize  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(visualize.shutil, "which", lambda name: None)
   with caplog.at_level(logging.INFO, logger="absl"):
     images = _write_one_update(tmp_path)

@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from bayesnas_tf.genotype import Genotype
+from bayesnas_tf.spaces.dag.genotype import Genotype
 from bayesnas_tf.config import PRUNE_THRESHOLD
-from bayesnas_tf.tree_genotype import TreeGenotype, trainable_params
-from bayesnas_tf.tree_space import TREE_SPACES
+from bayesnas_tf.spaces.tree.genotype import TreeGenotype, trainable_params
+from bayesnas_tf.spaces.tree.space import TREE_SPACES
 from conftest import CIFAR_SUBSET, requires_shared_data, run_main
 
 # 3 blocks (B = 1) of widths 4, 6, 8 on 32x32 CIFAR images: 2 warm-up and
@@ -149,7 +149,7 @@ def _assert_one_clear_line(result, pattern):
 ])
 def test_bad_input_gets_one_clear_line(tmp_path, args, message):
   if "--genotype=WRONG_BLOCKS" in args:
-    from bayesnas_tf.tree_genotype import BUILTIN_TREE_GENOTYPES
+    from bayesnas_tf.spaces.tree.genotype import BUILTIN_TREE_GENOTYPES
     data = BUILTIN_TREE_GENOTYPES["treecell_a_b18_a84"].to_dict()
     data["cells"].pop()
     (tmp_path / "genotype.json").write_text(json.dumps(data))

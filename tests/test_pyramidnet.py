@@ -13,14 +13,15 @@ from bayesnas_tf import config as config_lib
 from bayesnas_tf import modes
 from bayesnas_tf import testing
 from bayesnas_tf.errors import ConfigError, GenotypeError
-from bayesnas_tf.genotype import Genotype, resolve_genotype
-from bayesnas_tf.layers.tree_cell import TreeCell
-from bayesnas_tf.models.pyramid_tree import BottleneckBlock, PyramidTreeNet
-from bayesnas_tf.models.pyramid_tree import PyramidTreeSuperNet
-from bayesnas_tf.search.tree_derive import derive_tree_genotype
-from bayesnas_tf.tree_genotype import BUILTIN_TREE_GENOTYPES, PyramidBackbone
-from bayesnas_tf.tree_genotype import TreeGenotype, trainable_params
-from bayesnas_tf.tree_space import TREE_SPACES, TREECELL_A, pyramid_widths
+from bayesnas_tf.spaces.dag.genotype import Genotype
+from bayesnas_tf.spaces.registry import resolve_genotype
+from bayesnas_tf.spaces.tree.tree_cell import TreeCell
+from bayesnas_tf.spaces.tree.pyramid_tree import BottleneckBlock, PyramidTreeNet
+from bayesnas_tf.spaces.tree.pyramid_tree import PyramidTreeSuperNet
+from bayesnas_tf.spaces.tree.derive import derive_tree_genotype
+from bayesnas_tf.spaces.tree.genotype import BUILTIN_TREE_GENOTYPES, PyramidBackbone
+from bayesnas_tf.spaces.tree.genotype import TreeGenotype, trainable_params
+from bayesnas_tf.spaces.tree.space import TREE_SPACES, TREECELL_A, pyramid_widths
 
 WIDTHS_84 = [18, 18, 20, 22, 24, 24, 26, 28, 30, 32, 32, 34, 36, 38, 38, 40, 42, 44,
              46, 46, 48, 50, 52, 52, 54, 56, 58, 60, 60, 62, 64, 66, 66, 68, 70, 72,

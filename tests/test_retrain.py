@@ -13,7 +13,7 @@ import pytest
 
 from bayesnas_tf import api
 from bayesnas_tf import modes
-from bayesnas_tf.genotype import Genotype
+from bayesnas_tf.spaces.dag.genotype import Genotype
 from conftest import CIFAR_SUBSET, SHARED_DATA, TINY_SEARCH_FLAGS
 from conftest import requires_shared_data, run_main, start_main, tree_digest
 
@@ -176,7 +176,7 @@ def test_bad_genotypes(tmp_path, genotype, message):
     (tmp_path / "g.json").write_text("{not json")
     genotype = str(tmp_path / "g.json")
   elif genotype in ("UNKNOWN_OP", "BAD_INPUT"):
-    from bayesnas_tf.genotype import KNOWN_GENOTYPES
+    from bayesnas_tf.spaces.dag.genotype import KNOWN_GENOTYPES
     values = KNOWN_GENOTYPES["bayesnas_l0.01"].to_dict()
     if genotype == "UNKNOWN_OP":
       values["normal"]["n0"][0][0] = "zero"

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf.genotype import Genotype
+from bayesnas_tf.spaces.dag.genotype import Genotype
 from conftest import posterior_gammas, run_main
 from scale_out_util import ProcessGroup, local_tf_configs, worker_hosts
 

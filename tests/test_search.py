@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from bayesnas_tf.genotype import Genotype
+from bayesnas_tf.spaces.dag.genotype import Genotype
 from bayesnas_tf.config import PRUNE_THRESHOLD
-from bayesnas_tf.search_space import BAYESNAS_SPACE
+from bayesnas_tf.spaces.dag.space import BAYESNAS_SPACE
 from conftest import TINY_SEARCH_FLAGS
 from conftest import run_main, tree_digest
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from bayesnas_tf import study as study_lib
-from bayesnas_tf.genotype import resolve_genotype
-from bayesnas_tf.search_space import BAYESNAS_SPACE, DARTS_SPACE
+from bayesnas_tf.spaces.registry import resolve_genotype
+from bayesnas_tf.spaces.dag import sampling
+from bayesnas_tf.spaces.dag.space import BAYESNAS_SPACE, DARTS_SPACE
 from conftest import run_main, tree_digest
 
 PRIMITIVES = ("sep3", "max", "avg", "id")
@@ -21,10 +22,10 @@ def test_random_genotypes_match_the_counts_and_read_only_live_nodes(space):
   seen = set()
   for normal, reduce in [(1, 1), (3, 9), (10, 4), (20, 25)]:
     for _ in range(20):
-      genotype = study_lib.random_genotype(
+      genotype = sampling.random_genotype(
           space, PRIMITIVES, {"normal": normal, "reduce": reduce}, rng)
-      assert study_lib.kept_op_counts(genotype) == {"normal": normal, "reduce": reduce}
-      assert not study_lib.reads_empty_node(genotype)
+      assert sampling.kept_op_counts(genotype) == {"normal": normal, "reduce": reduce}
+      assert not sampling.reads_empty_node(genotype)
       for cell_type in ("normal", "reduce"):
         spec = space.cell(cell_type)
         pairs = [(op, src, f"n{j}") for j, node in enumerate(genotype.cell(cell_type))
@@ -34,20 +35,20 @@ def test_random_genotypes_match_the_counts_and_read_only_live_nodes(space):
           assert op in PRIMITIVES and (src, dst) in spec.edges
       seen.add(genotype)
   assert len(seen) > 60                               # really random
-  a = study_lib.random_genotype(space, PRIMITIVES, {"normal": 5, "reduce": 5},
-                                np.random.default_rng([1, 2]))
-  b = study_lib.random_genotype(space, PRIMITIVES, {"normal": 5, "reduce": 5},
-                                np.random.default_rng([1, 2]))
+  a = sampling.random_genotype(space, PRIMITIVES, {"normal": 5, "reduce": 5},
+                               np.random.default_rng([1, 2]))
+  b = sampling.random_genotype(space, PRIMITIVES, {"normal": 5, "reduce": 5},
+                               np.random.default_rng([1, 2]))
   assert a == b                                       # seeded
 
 
 def test_reads_empty_node_and_counts():
   released = resolve_genotype("bayesnas_l0.01")
-  assert study_lib.kept_op_counts(released) == {"normal": 10, "reduce": 10}
-  assert not study_lib.reads_empty_node(released)
+  assert sampling.kept_op_counts(released) == {"normal": 10, "reduce": 10}
+  assert not sampling.reads_empty_node(released)
   broken = dataclasses.replace(
       released, normal=((),) + released.normal[1:3] + ((("avg", "n0"),),))
-  assert study_lib.reads_empty_node(broken)
+  assert sampling.reads_empty_node(broken)
 
 
 def test_summary_and_table():

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf import ops
+from bayesnas_tf.spaces.dag import ops
 from bayesnas_tf import testing
-from bayesnas_tf.models.supernet import SuperNet
+from bayesnas_tf.spaces.dag.supernet import SuperNet
 
 SUBSET = ("sep3", "max", "id")
 

@@ -7,17 +7,17 @@ import pytest
 import tensorflow as tf
 
 from bayesnas_tf import testing
-from bayesnas_tf import tree_ops
+from bayesnas_tf.spaces.tree import ops as tree_ops
 from bayesnas_tf.errors import GenotypeError
-from bayesnas_tf.layers.tree_cell import TreeCell, TreeEdge
+from bayesnas_tf.spaces.tree.tree_cell import TreeCell, TreeEdge
 from bayesnas_tf.config import PRUNE_THRESHOLD
 from bayesnas_tf.search import hessian as hessian_lib
 from bayesnas_tf.search import prior as prior_lib
-from bayesnas_tf.search.tree_derive import derive_cell
-from bayesnas_tf.tree_genotype import cell_params
-from bayesnas_tf.tree_space import TREE_SPACES, TREECELL_A, TreeBranchSpec
-from bayesnas_tf.tree_space import TreeCellSpec, TreeNodeSpec, proxyless_cell
-from bayesnas_tf.tree_space import prune_cell, split_sizes
+from bayesnas_tf.spaces.tree.derive import derive_cell
+from bayesnas_tf.spaces.tree.genotype import cell_params
+from bayesnas_tf.spaces.tree.space import TREE_SPACES, TREECELL_A, TreeBranchSpec
+from bayesnas_tf.spaces.tree.space import TreeCellSpec, TreeNodeSpec, proxyless_cell
+from bayesnas_tf.spaces.tree.space import prune_cell, split_sizes
 
 TREE_A = TREE_SPACES["treecell_a"]
 PROXYLESS = TREE_SPACES["proxyless"]
@@ -309,7 +309,7 @@ def test_ggn_equals_exact_hessian_on_a_tree_cell():
 
 def test_supernet_gate_hessians_have_the_prior_layout():
   # Reading B's supernet (reading A's runs in test_proxyless_search.py).
-  from bayesnas_tf.models.pyramid_tree import PyramidTreeSuperNet
+  from bayesnas_tf.spaces.tree.pyramid_tree import PyramidTreeSuperNet
   net = PyramidTreeSuperNet(3, "proxyless", depth_blocks=1, alpha=0, start_planes=2)
   net.build((None, 4, 4, 3))
   hessians = hessian_lib.gate_hessian(net, tf.random.normal([2, 4, 4, 3]),

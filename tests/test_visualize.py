@@ -11,9 +11,9 @@ import types
 
 import pytest
 
-from bayesnas_tf import visualize
-from bayesnas_tf.genotype import Genotype
-from bayesnas_tf.genotype import KNOWN_GENOTYPES
+from bayesnas_tf.spaces.dag import visualize
+from bayesnas_tf.spaces.dag.genotype import Genotype
+from bayesnas_tf.spaces.dag.genotype import KNOWN_GENOTYPES
 
 
 def _edge_lines(dot):

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bayesnas_tf.compress import cnn_zoo
 from bayesnas_tf.compress import structure
 from bayesnas_tf.compress import weight_diag_backprop
 from bayesnas_tf.compress.group_prior import WeightGroupPrior
@@ -38,7 +39,6 @@ from bayesnas_tf.config import ExperimentConfig
 from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.io_utils import atomic_write_text
-from bayesnas_tf.models import cnn_zoo
 from bayesnas_tf.nn import bn_statistics
 from bayesnas_tf.runtime import distribute
 from bayesnas_tf.runtime import precision

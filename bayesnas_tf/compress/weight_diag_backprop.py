@@ -161,7 +161,7 @@ def weight_diag_backprop(chain: CNNChain, images,
   if unit_masks is not None:
     masks_at = {chain.mask_position[p]: m for p, m in unit_masks.items()}
   x, shadow = images, None
-  # Only the dummy tensors are sources (see search/diag_backprop.py).
+  # Only the dummy tensors are sources (see spaces/dag/diag_backprop.py).
   with tf.GradientTape(watch_accessed_variables=False) as tape:
     tape.watch(list(eps.values()))
     for index, layer in enumerate(chain.layers):

@@ -23,6 +23,7 @@ from bayesnas_tf.config.study import StudyConfig
 from bayesnas_tf.config.train import ExportConfig
 from bayesnas_tf.config.train import TrainConfig
 from bayesnas_tf.errors import ConfigError
+from bayesnas_tf.spaces import registry
 
 MODES = ("search", "retrain", "transfer", "compress", "export", "study")
 CONFIG_SCHEMA_VERSION = 1
@@ -49,8 +50,8 @@ class ExperimentConfig:
     for section in MODE_SECTIONS[self.mode]:
       getattr(self, section).validate()
     if self.mode == "search":
-      from bayesnas_tf import tree_space  # pylint: disable=g-import-not-at-top
-      tree_space.check_tree_hessian(self.supernet.search_space, self.search.hessian)
+      space = self.supernet.search_space
+      registry.get_family(space).check_hessian(space, self.search.hessian)
       if self.runtime.strategy == "tpu" and self.search.hessian == "exact":
         # One eager Hessian-vector product per gate; a TPU runs compiled steps.
         raise ConfigError("--hessian=exact runs eagerly and cannot run on a TPU; "

@@ -10,7 +10,7 @@ from bayesnas_tf.config.checks import check_choice
 from bayesnas_tf.config.checks import check_momentum
 from bayesnas_tf.config.checks import check_positive
 from bayesnas_tf.errors import ConfigError
-from bayesnas_tf.op_names import PRIMITIVES, check_primitives
+from bayesnas_tf.spaces import registry
 
 # The gate Hessian estimators (search/hessian.py reads this list).
 HESSIAN_METHODS = ("ggn", "ggn_mc", "exact", "diag_backprop")
@@ -19,6 +19,10 @@ INITS = ("paper", "official")
 # The paper's prune threshold: an op is pruned when the entropy of its prior,
 # 1/2 ln(2 pi e gamma), is not positive (Sec. 5.3), i.e. gamma <= 1/(2 pi e).
 PRUNE_THRESHOLD = 1.0 / (2.0 * math.pi * math.e)
+# The search space of a bare --mode=search, and the candidate ops of its
+# family that --primitives chooses from (all of them by default).
+DEFAULT_SEARCH_SPACE = "bayesnas"
+DEFAULT_PRIMITIVES = registry.get_family(DEFAULT_SEARCH_SPACE).primitives
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,28 +34,27 @@ class SupernetConfig:
   blocks widened by alpha from start_planes; cells/channels/primitives/
   stem_multiplier then play no part.
   """
-  search_space: str = "bayesnas"
+  search_space: str = DEFAULT_SEARCH_SPACE
   cells: int = 8
   channels: int = 36
-  primitives: Tuple[str, ...] = PRIMITIVES
+  primitives: Tuple[str, ...] = DEFAULT_PRIMITIVES
   stem_multiplier: int = 3
   depth_blocks: int = 18
   alpha: float = 84.0
   start_planes: int = 16
 
   def validate(self) -> None:
-    from bayesnas_tf import tree_space  # pylint: disable=g-import-not-at-top
-    tree_space.check_search_space_name(self.search_space)
-    if tree_space.is_tree_space(self.search_space):
-      check_positive("alpha", self.alpha, allow_zero=True)
-      tree_space.pyramid_widths(self.depth_blocks, self.alpha, self.start_planes)
+    # An unknown --search_space is answered with the valid ones.
+    family = registry.get_family(self.search_space)
     if self.cells < 3:
       raise ConfigError(
           f"--cells must be at least 3 (one normal and two reduction cells); "
           f"received cells={self.cells}")
     check_positive("channels", self.channels)
     check_positive("stem_multiplier", self.stem_multiplier)
-    check_primitives(self.primitives)
+    # What the family builds from the rest (DAG cells: --primitives; trees:
+    # the PyramidNet's --depth_blocks, --alpha, --start_planes).
+    family.check_supernet(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ NameCheck = Callable[[Sequence[str]], Tuple[str, ...]]
 
 # Op set -> the module that registers it when imported.
 _OP_SET_MODULES: Dict[str, str] = {
-    "darts": "bayesnas_tf.ops",
+    "darts": "bayesnas_tf.spaces.dag.ops",
 }
 
 

@@ -85,6 +85,11 @@ def dense_bias_initializer(fan_in: int) -> keras.initializers.Initializer:
   return keras.initializers.RandomUniform(-bound, bound)
 
 
+def count_params(variables) -> int:
+  """The number of scalars in `variables`."""
+  return int(sum(int(np.prod(v.shape)) for v in variables))
+
+
 def scale_by(x: tf.Tensor, coefficient: tf.Tensor) -> tf.Tensor:
   """x * coefficient for a scalar or a per-example (B,) coefficient."""
   coefficient = tf.cast(coefficient, x.dtype)

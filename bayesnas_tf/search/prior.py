@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf.config.search import PRUNE_THRESHOLD
-from bayesnas_tf.search_space import CellSpec
+from bayesnas_tf.spaces.base import op_and_edge_lambdas
 
 DTYPE = tf.float64
 # Guards the official code lacks (ALGORITHM.md 9.1): no division by a zero
@@ -80,8 +80,12 @@ def alpha_coefficient(gamma, hessian_scaled):
   return h / (1.0 + gamma * h)
 
 
-def predecessor_matrix(spec: CellSpec) -> np.ndarray:
-  """(E, E) 0/1 matrix: P[e, e'] = 1 when edge e' enters the source of e."""
+def predecessor_matrix(spec) -> np.ndarray:
+  """(E, E) 0/1 matrix: P[e, e'] = 1 when edge e' enters the source of e.
+
+  `spec`: a cell layout of a search backend's space (`space.cell(t)`, see
+  spaces/base.py): `edges` and `predecessor_edges(e)`.
+  """
   matrix = np.zeros((len(spec.edges), len(spec.edges)), dtype=np.float64)
   for e in range(len(spec.edges)):
     for p in spec.predecessor_edges(e):
@@ -253,7 +257,7 @@ def group_lasso_penalty(gates_by_type: Mapping[str, tf.Tensor],
 def gate_lambdas(num_ops: int, lambda_child: float,
                  lambda_origin: float) -> np.ndarray:
   """(G,) lambda per gate column: ops use lambda_child, w_all lambda_origin."""
-  return np.array([lambda_child] * num_ops + [lambda_origin], dtype=np.float64)
+  return op_and_edge_lambdas(num_ops, lambda_child, lambda_origin)
 
 
 class HardPrior(tf.Module):

@@ -25,7 +25,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
 import keras
@@ -36,7 +36,6 @@ from bayesnas_tf.config import ExperimentConfig
 from bayesnas_tf.data import arrays as data_lib
 from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.errors import TrainingDivergedError
-from bayesnas_tf.genotype import Genotype
 from bayesnas_tf.io_utils import atomic_write_text
 from bayesnas_tf.nn import bn_statistics
 from bayesnas_tf.nn import fused_sgd
@@ -50,7 +49,7 @@ from bayesnas_tf.search import diagnostics
 from bayesnas_tf.search import hessian as hessian_lib
 from bayesnas_tf.search import prior as prior_lib
 from bayesnas_tf.search import summaries
-from bayesnas_tf.search.backends import search_backend
+from bayesnas_tf.spaces import registry
 
 PHASES = ("warmup", "search", "update")
 WARMUP, SEARCH, UPDATE = range(3)
@@ -61,7 +60,7 @@ LOG_EVERY = 10
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
   model_dir: str
-  genotype: Genotype
+  genotype: Any  # Of the family of --search_space (spaces/base.py).
   genotype_path: str
   posterior_path: str
   test_accuracy: float
@@ -94,9 +93,10 @@ class BayesNASSearch:
     self.config = config
     self.strategy = strategy
     self.model_dir = config.runtime.model_dir
-    # The network, its gate layout and its genotype kind (DAG cells or the
-    # proxyless tree cells) come from the backend of --search_space.
-    self.backend = search_backend(config)
+    # The network, its gate layout and its genotype come from the backend of
+    # the family of --search_space (spaces/base.py).
+    self.backend = registry.get_family(
+        config.supernet.search_space).search_backend(config)
     self.space = self.backend.space
     search, data = config.search, config.data
     seed = config.runtime.seed
@@ -500,18 +500,16 @@ class BayesNASSearch:
   def posterior_dict(self) -> dict:
     cfg = self.config
     gate_names = list(self.backend.gate_names)
-    # The gates that entered the last update (they restart at 1 afterwards
-    # when another iteration follows).
-    gates = {t: v.numpy() for t, v in self.prior.gates.items()}
+    arrays = self.posterior_arrays()
     groups = []
     for t in self.prior.cell_types:
       spec = self.space.cell(t)
-      values = {name: getattr(self.prior, name)[t].numpy() for name in (
-          "gamma", "omega", "switch", "covariance", "hessian", "hessian_scaled",
-          "kept", "pruned_at")}
+      values = dict(arrays[t], pruned_at=self.prior.pruned_at[t].numpy())
       for e, edge_name in enumerate(spec.edge_names):
         for g, gate in enumerate(gate_names):
-          w = gates[t][:, e, g]
+          # The gates that entered the last update (they restart at 1
+          # afterwards when another iteration follows).
+          w = values["w"][:, e, g]
           groups.append({
               "cell_type": t, "edge": edge_name, "gate": gate,
               "lambda": float(self.lambdas[g]),
@@ -552,7 +550,20 @@ class BayesNASSearch:
         "warnings": list(self.warnings),
     }
 
-  def genotype(self) -> Genotype:
+  def posterior_arrays(self) -> Dict[str, Dict[str, np.ndarray]]:
+    """{cell type: {"gamma", "omega", "switch", "kept": (E, G); "w",
+    "hessian", "hessian_scaled", "covariance": (n, E, G)}} (numpy), what a
+    family's derive may rank ops by."""
+    arrays = {}
+    for t in self.prior.cell_types:
+      arrays[t] = {name: getattr(self.prior, name)[t].numpy() for name in (
+          "gamma", "omega", "switch", "kept", "covariance", "hessian",
+          "hessian_scaled")}
+      arrays[t]["w"] = self.prior.gates[t].numpy()
+    return arrays
+
+  def genotype(self):
+    """The genotype of the kept masks, of the family of --search_space."""
     cfg = self.config
     metadata = {
         "lambda_child": cfg.search.lambda_child,
@@ -565,9 +576,10 @@ class BayesNASSearch:
         "dataset": cfg.data.dataset, "search_space": cfg.supernet.search_space,
         **self.backend.metadata(),
     }
-    return self.backend.derive(self.prior.kept_masks(), metadata)
+    return self.backend.derive(self.prior.kept_masks(), self.posterior_arrays(),
+                               metadata)
 
-  def _write_outputs(self) -> Genotype:
+  def _write_outputs(self):
     posterior_path = os.path.join(self.model_dir, "posterior.json")
     atomic_write_text(posterior_path,
                       json.dumps(self.posterior_dict(), indent=2, sort_keys=True))

@@ -20,24 +20,23 @@ from typing import Dict, Mapping, Sequence
 from absl import logging
 import tensorflow as tf
 
-from bayesnas_tf import visualize
-from bayesnas_tf.genotype import CELL_TYPES
-from bayesnas_tf.genotype import Genotype
+from bayesnas_tf.spaces import registry
 
 
-def cell_diagram_images(genotype: Genotype) -> Dict[str, tf.Tensor]:
-  """{cell type: uint8 image (1, H, W, C)} of the derived cells; {} and one
-  log line saying why when Graphviz is not available or fails."""
-  reason = visualize.png_skip_reason()
-  if reason is None:
-    try:
-      return {t: tf.io.decode_png(visualize.render_png(
-          visualize.genotype_to_dot(genotype, t)))[tf.newaxis]
-              for t in CELL_TYPES}
-    except Exception as error:  # pylint: disable=broad-except
-      # A picture is never worth failing a search over.
-      reason = f"rendering failed ({error})"
-  logging.info("cell diagrams are not written to TensorBoard: %s", reason)
+def cell_diagram_images(genotype) -> Dict[str, tf.Tensor]:
+  """{picture name: uint8 image (1, H, W, C)} of the derived cells, drawn by
+  the genotype's family; {} and one log line saying why when Graphviz is not
+  available or fails ({} and no line for a family without pictures)."""
+  try:
+    pngs, reason = registry.family_of(genotype).pictures(genotype)
+    if pngs:
+      return {name: tf.io.decode_png(png)[tf.newaxis]
+              for name, png in pngs.items()}
+  except Exception as error:  # pylint: disable=broad-except
+    # A picture is never worth failing a search over.
+    reason = f"rendering failed ({error})"
+  if reason is not None:
+    logging.info("cell diagrams are not written to TensorBoard: %s", reason)
   return {}
 
 
@@ -52,11 +51,10 @@ def write_update_summaries(writer, step: int, groups: Sequence[Mapping],
     groups: the `groups` of posterior.json (cell_type, edge, gate, gamma,
       entropy per group).
     ops: {cell type: {"kept": k, "total": n}} after the update.
-    genotype: the derived genotype; cell diagrams are drawn for the cell
-      genotypes of the DAG spaces (a `Genotype`) only.
+    genotype: the derived genotype; its family draws the cell diagrams
+      (the DAG cells; none for the tree spaces).
   """
-  images = (cell_diagram_images(genotype) if isinstance(genotype, Genotype)
-            else {})
+  images = cell_diagram_images(genotype)
   with writer.as_default(step=step):
     for group in groups:
       name = f"{group['cell_type']}/{group['edge']}/{group['gate']}"

@@ -32,10 +32,10 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bayesnas_tf.errors import ConfigError, GenotypeError
 from bayesnas_tf.io_utils import atomic_write_text, json_provenance
-from bayesnas_tf.tree_space import START_PLANES, TREE_SPACES, TREECELL_A
-from bayesnas_tf.tree_space import TreeCellSpec, TreeNodeSpec, block_strides
-from bayesnas_tf.tree_space import node_channels, proxyless_cell, prune_cell
-from bayesnas_tf.tree_space import pyramid_widths
+from bayesnas_tf.spaces.tree.space import START_PLANES, TREE_SPACES, TREECELL_A
+from bayesnas_tf.spaces.tree.space import TreeCellSpec, TreeNodeSpec, block_strides
+from bayesnas_tf.spaces.tree.space import node_channels, proxyless_cell, prune_cell
+from bayesnas_tf.spaces.tree.space import pyramid_widths
 
 KIND = "pyramid_tree"
 _FIELDS = ("schema_version", "kind", "backbone", "cells", "space", "search")
@@ -115,7 +115,7 @@ class TreeGenotype:
     backbone: the `PyramidBackbone` (widths, strides).
     cells: one `TreeCellSpec` per block, or None for a block whose whole cell
       was pruned (it is then its shortcut path only); stored pruned by
-      `tree_space.prune_cell`.
+      `space.prune_cell`.
     space: the search space the cells came from, if any.
     search: provenance (lambda, seed, ...); not part of equality.
   """
@@ -126,6 +126,7 @@ class TreeGenotype:
 
   SCHEMA_VERSION: ClassVar[int] = 1
   kind: ClassVar[str] = KIND
+  family: ClassVar[str] = "tree"  # The search-space family (spaces/registry.py).
 
   def __post_init__(self):
     if not isinstance(self.backbone, PyramidBackbone):
@@ -232,7 +233,7 @@ def trainable_params(genotype: TreeGenotype, num_classes: int = 10) -> int:
 def cell_params(cell: TreeCellSpec, channels: int) -> int:
   """Trainable parameters of one tree cell at width C (PROXYLESS.md 1.4)."""
   # Imported here: genotypes are read and checked before TensorFlow loads.
-  from bayesnas_tf import tree_ops  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf.spaces.tree import ops as tree_ops  # pylint: disable=g-import-not-at-top
   total = 0 if cell.pre_edge is None else tree_ops.op_params(cell.pre_edge, channels)
 
   def visit(node: TreeNodeSpec, width: int, is_root: bool) -> int:

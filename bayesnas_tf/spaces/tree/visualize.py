@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import List
 
-from bayesnas_tf.tree_genotype import TreeGenotype
-from bayesnas_tf.tree_space import TreeCellSpec, TreeNodeSpec, block_name
+from bayesnas_tf.spaces.tree.genotype import TreeGenotype
+from bayesnas_tf.spaces.tree.space import TreeCellSpec, TreeNodeSpec, block_name
 
 
 def _quote(text: str) -> str:

@@ -27,15 +27,14 @@ from typing import List, Tuple
 import keras
 import tensorflow as tf
 
-from bayesnas_tf.genotype import Genotype
-from bayesnas_tf.genotype import resolve_genotype
-from bayesnas_tf.layers.child_cell import ChildCell
-from bayesnas_tf.layers.child_cell import DROP_PATHS
 from bayesnas_tf.nn import PACKAGE
 from bayesnas_tf.nn import init
 from bayesnas_tf.nn.batch_norm import BatchNorm
 from bayesnas_tf.nn.init import dense_bias_initializer
-from bayesnas_tf.search_space import reduction_positions
+from bayesnas_tf.spaces.dag.child_cell import ChildCell
+from bayesnas_tf.spaces.dag.child_cell import DROP_PATHS
+from bayesnas_tf.spaces.dag.genotype import Genotype
+from bayesnas_tf.spaces.dag.space import reduction_positions
 
 VARIANTS = ("cifar", "imagenet")
 AUX_CHANNELS = (128, 768)  # DARTS's auxiliary head widths.
@@ -69,7 +68,10 @@ def as_genotype(genotype) -> Genotype:
   if isinstance(genotype, dict):
     return Genotype.from_dict(genotype)
   if isinstance(genotype, (str, os.PathLike)):
-    return resolve_genotype(genotype)
+    from bayesnas_tf.spaces import registry  # pylint: disable=g-import-not-at-top
+    resolved = registry.resolve_genotype(genotype)
+    if isinstance(resolved, Genotype):
+      return resolved
   raise ValueError(
       f"`genotype` must be a Genotype, its dict, a built-in name or a "
       f"genotype.json path. Received: genotype={genotype!r}.")

@@ -21,7 +21,6 @@ from typing import Callable, Dict
 import keras
 import tensorflow as tf
 
-from bayesnas_tf import op_names
 from bayesnas_tf.layers.op_registry import register_op_set
 from bayesnas_tf.nn import PACKAGE
 from bayesnas_tf.nn import fast_conv
@@ -35,8 +34,9 @@ from bayesnas_tf.nn.init import conv_initializer
 from bayesnas_tf.nn.init import depthwise_initializer
 from bayesnas_tf.nn.init import strided_size
 from bayesnas_tf.nn.sequence_op import SequenceOp
+from bayesnas_tf.spaces.base import check_registry
 # Re-exported: callers read them as ops.PRIMITIVES etc.
-from bayesnas_tf.op_names import PRIMITIVES, check_primitives  # pylint: disable=unused-import
+from bayesnas_tf.spaces.dag.op_names import PRIMITIVES, check_primitives  # pylint: disable=unused-import
 
 
 def _symmetric_pad(pad_layer: keras.layers.ZeroPadding2D):
@@ -308,7 +308,7 @@ OPS: Dict[str, OpFactory] = {
         else ReduceConv(channels, stride, name=name, **kw)),
 }
 
-op_names.check_registry(OPS, PRIMITIVES, "ops.OPS")
+check_registry(OPS, PRIMITIVES, "ops.OPS")
 
 
 def make_op(op_name: str, channels: int, stride: int,

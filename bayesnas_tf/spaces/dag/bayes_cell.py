@@ -14,12 +14,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import ops
-from bayesnas_tf.layers.channel_reduce import ChannelReduce
 from bayesnas_tf.layers.switched_edge import SwitchedEdge
 from bayesnas_tf.nn import PACKAGE
 from bayesnas_tf.nn import init
-from bayesnas_tf.search_space import CellSpec, is_cell_input
+from bayesnas_tf.spaces.dag import ops
+from bayesnas_tf.spaces.dag.channel_reduce import ChannelReduce
+from bayesnas_tf.spaces.dag.space import CellSpec, is_cell_input
 
 
 def cell_spec_to_config(spec: CellSpec) -> dict:

@@ -35,7 +35,7 @@ import dataclasses
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from bayesnas_tf.errors import ConfigError, GenotypeError
-from bayesnas_tf.op_names import PRE_EDGE_WIDTH, check_tree_ops
+from bayesnas_tf.spaces.tree.op_names import PRE_EDGE_WIDTH, check_tree_ops
 
 ALLOCATIONS = ("copy", "split")
 MERGES = ("add", "concat")
@@ -86,7 +86,7 @@ class TreeCellSpec:
 
   Attributes:
     root: the root node.
-    pre_edge: None, or a `tree_ops.PRE_EDGES` name run before the root (it
+    pre_edge: None, or a `ops.PRE_EDGES` name run before the root (it
       carries the block's stride and widens C to `PRE_EDGE_WIDTH` x C).
   """
   root: TreeNodeSpec
@@ -437,10 +437,6 @@ TREE_SPACES: Dict[str, TreeSearchSpace] = {
 }
 
 
-def is_tree_space(name: str) -> bool:
-  return name in TREE_SPACES
-
-
 def get_tree_space(name: str) -> TreeSearchSpace:
   try:
     return TREE_SPACES[name]
@@ -450,26 +446,11 @@ def get_tree_space(name: str) -> TreeSearchSpace:
         f"{', '.join(TREE_SPACES)}") from None
 
 
-def check_search_space_name(name: str) -> None:
-  """One message for an unknown name, listing the DAG and the tree spaces."""
-  from bayesnas_tf.search_space import SEARCH_SPACES  # pylint: disable=g-import-not-at-top
-  if name not in SEARCH_SPACES and name not in TREE_SPACES:
-    raise ConfigError(
-        f"unknown search space {name!r}; valid search spaces are "
-        f"{', '.join(list(SEARCH_SPACES) + list(TREE_SPACES))}")
-
-
 # The gate Hessian estimators a tree supernet supports: those that only
 # differentiate the network's gate offsets (search/hessian.py); the shadow
-# network of diag_backprop covers the DAG supernet's layers only.
+# network of diag_backprop covers the DAG supernet's layers only
+# (spaces/dag/diag_backprop.py).
 TREE_HESSIAN_METHODS = ("ggn", "ggn_mc", "exact")
-
-
-def check_tree_hessian(search_space: str, hessian: str) -> None:
-  if is_tree_space(search_space) and hessian not in TREE_HESSIAN_METHODS:
-    raise ConfigError(
-        f"--hessian={hessian} is not available for the tree search space "
-        f"{search_space!r}; use one of {', '.join(TREE_HESSIAN_METHODS)}")
 
 
 def pyramid_widths(blocks_per_stage: int, alpha: float,

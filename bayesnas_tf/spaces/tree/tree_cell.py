@@ -16,7 +16,7 @@ pruning the supernet computes exactly the derived tree: an edge runs while
 one of its ops is on; below the root a branch runs only while its child node
 still has a running branch (rule 2); a root branch whose subtree is gone
 keeps only its skip term (rule 3); a cell with no running root branch is
-"dead" and its block becomes its shortcut (rule 4, models/pyramid_tree.py).
+"dead" and its block becomes its shortcut (rule 4, pyramid_tree.py).
 
 Path drop (training only): each running branch of each node is zeroed per
 example with probability p and scaled by 1/(1-p) (PL tree_node.py L92-129,
@@ -31,12 +31,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf import op_names
-from bayesnas_tf import tree_ops
 from bayesnas_tf.nn import PACKAGE
 from bayesnas_tf.nn import init
-from bayesnas_tf.tree_space import TreeCellSpec, TreeNodeSpec, node_channels
-from bayesnas_tf.tree_space import prune_cell, with_edge_ops
+from bayesnas_tf.spaces.tree import op_names
+from bayesnas_tf.spaces.tree import ops as tree_ops
+from bayesnas_tf.spaces.tree.space import TreeCellSpec, TreeNodeSpec, node_channels
+from bayesnas_tf.spaces.tree.space import prune_cell, with_edge_ops
 
 GATE_KINDS = ("none", "single", "mixed")
 
@@ -51,7 +51,7 @@ class TreeEdge(keras.layers.Layer):
 
   Args:
     channels: input = output channels.
-    ops: tree op names (`tree_ops.TREE_OPS`); one for "single".
+    ops: tree op names (`ops.TREE_OPS`); one for "single".
     stride: 1, or 2 for a root edge of a downsampling cell.
     gate_kind: "none", "single" or "mixed" (module doc).
 
@@ -274,7 +274,7 @@ class TreeCell(keras.layers.Layer):
 
   # --- which branches run --------------------------------------------------
   def _refresh_alive(self) -> None:
-    """Which branches run: the derive rules (tree_space.prune_cell) applied
+    """Which branches run: the derive rules (space.prune_cell) applied
     to the ops whose gates are on, so the supernet computes the tree that
     `derive` would write."""
     active = {}

@@ -13,15 +13,15 @@ from typing import List, Sequence
 
 import keras
 
-from bayesnas_tf import ops
-from bayesnas_tf.layers.bayes_cell import BayesCell
 from bayesnas_tf.layers.gated import GatedCells
 from bayesnas_tf.nn import PACKAGE
 from bayesnas_tf.nn import init
 from bayesnas_tf.nn import recompute as recompute_lib
 from bayesnas_tf.nn.init import dense_bias_initializer
-from bayesnas_tf.search_space import get_search_space
-from bayesnas_tf.search_space import reduction_positions
+from bayesnas_tf.spaces.dag import ops
+from bayesnas_tf.spaces.dag.bayes_cell import BayesCell
+from bayesnas_tf.spaces.dag.space import get_search_space
+from bayesnas_tf.spaces.dag.space import reduction_positions
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -127,7 +127,7 @@ class SuperNet(GatedCells, keras.Model):
     network walks this supernet's layers (diag_backprop.py)."""
     if method != "diag_backprop":
       return None
-    from bayesnas_tf.search import diag_backprop  # pylint: disable=g-import-not-at-top
+    from bayesnas_tf.spaces.dag import diag_backprop  # pylint: disable=g-import-not-at-top
     return diag_backprop.diag_backprop_diagonal(self, images)
 
   def get_config(self):

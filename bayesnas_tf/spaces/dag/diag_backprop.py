@@ -54,11 +54,8 @@ from typing import Callable, List, Optional, Sequence
 
 import tensorflow as tf
 
-from bayesnas_tf import ops
-from bayesnas_tf.layers.bayes_cell import BayesCell
-from bayesnas_tf.layers.channel_reduce import ChannelReduce
+from bayesnas_tf.layers.gated import GatedCells
 from bayesnas_tf.layers.switched_edge import SwitchedEdge
-from bayesnas_tf.models.supernet import SuperNet
 from bayesnas_tf.nn import diag_rules
 from bayesnas_tf.nn import init
 from bayesnas_tf.nn.diag_rules import Pair
@@ -66,6 +63,9 @@ from bayesnas_tf.nn.diag_rules import add
 from bayesnas_tf.nn.diag_rules import cross_entropy_curvature
 from bayesnas_tf.nn.diag_rules import real
 from bayesnas_tf.nn.diag_rules import shadow_dtype
+from bayesnas_tf.spaces.dag import ops
+from bayesnas_tf.spaces.dag.bayes_cell import BayesCell
+from bayesnas_tf.spaces.dag.channel_reduce import ChannelReduce
 
 
 # --- composite layers ---------------------------------------------------------
@@ -168,7 +168,7 @@ def _bayes_cell(cell: BayesCell, inputs, shadows, gate_eps, dtype) -> Pair:
           _concat_shadows([r for r, _ in nodes], [s for _, s in nodes], dtype))
 
 
-def _supernet(net: SuperNet, images, gate_eps: Sequence[tf.Tensor],
+def _supernet(net, images, gate_eps: Sequence[tf.Tensor],
               dtype) -> Pair:
   """Mirrors `SuperNet.call` in inference mode: (logits, shadow logits)."""
   x, shadow = _shadow(net.stem_pad, images, None, dtype)
@@ -212,7 +212,9 @@ def shadow_call(layer, inputs, shadow=None, gate_eps=None) -> Pair:
     (output, shadow output); the shadow is None when it is identically 0.
   """
   dtype = shadow_dtype(layer)
-  if isinstance(layer, SuperNet):
+  # The gated network of this family is the SuperNet (supernet.py, which
+  # calls this module: it is not imported here).
+  if isinstance(layer, GatedCells):
     return _supernet(layer, inputs, gate_eps, dtype)
   if isinstance(layer, BayesCell):
     return _bayes_cell(layer, inputs, shadow or (None, None), gate_eps, dtype)
@@ -222,7 +224,7 @@ def shadow_call(layer, inputs, shadow=None, gate_eps=None) -> Pair:
 
 
 def diag_backprop_diagonal(
-    net: SuperNet, images,
+    net, images,
     output_curvature: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
 ) -> List[tf.Tensor]:
   """Diagonal Hessian back-propagation for every gate of `net`.

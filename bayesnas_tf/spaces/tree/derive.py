@@ -9,7 +9,7 @@ update decide the ops of each edge:
   ALGORITHM.md 3.6); several kept ops are summed (rule 5);
 * fixed (ungated) edges keep their op.
 
-Then `tree_space.prune_cell` applies rules 1-4: an op needs its parent edge,
+Then `space.prune_cell` applies rules 1-4: an op needs its parent edge,
 an edge whose child lost every branch goes, a root branch keeps its skip,
 and a cell with nothing left becomes None, i.e. its block is its shortcut
 and the next block reads the narrower input.
@@ -22,9 +22,9 @@ from typing import Any, Dict, List, Mapping, Optional
 from absl import logging
 import numpy as np
 
-from bayesnas_tf.tree_genotype import PyramidBackbone, TreeGenotype
-from bayesnas_tf.tree_space import TreeCellSpec, TreeSearchSpace, block_name
-from bayesnas_tf.tree_space import prune_cell, with_edge_ops
+from bayesnas_tf.spaces.tree.genotype import PyramidBackbone, TreeGenotype
+from bayesnas_tf.spaces.tree.space import TreeCellSpec, TreeSearchSpace, block_name
+from bayesnas_tf.spaces.tree.space import prune_cell, with_edge_ops
 
 
 def _check_mask(cell_type: str, mask: Any, space: TreeSearchSpace) -> np.ndarray:

@@ -15,9 +15,9 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 from absl import logging
 import numpy as np
 
-from bayesnas_tf import ops
-from bayesnas_tf.genotype import CELL_TYPES, Genotype, OpInput
-from bayesnas_tf.search_space import CellSpec, SearchSpace
+from bayesnas_tf.spaces.dag.genotype import CELL_TYPES, Genotype, OpInput
+from bayesnas_tf.spaces.dag.op_names import check_primitives
+from bayesnas_tf.spaces.dag.space import CellSpec, SearchSpace
 
 
 def _check_mask(cell_type: str, mask: Any, spec: CellSpec,
@@ -102,7 +102,7 @@ def derive_genotype(space: SearchSpace, primitives: Sequence[str],
     without surviving inputs are kept empty (a child network feeds zeros
     there) and each degenerate outcome is logged as a warning.
   """
-  primitives = ops.check_primitives(primitives)
+  primitives = check_primitives(primitives)
   missing = [t for t in CELL_TYPES if t not in kept]
   if missing:
     raise ValueError(

@@ -26,10 +26,9 @@ import json
 import os
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from bayesnas_tf import op_names
-from bayesnas_tf import tree_genotype
 from bayesnas_tf.errors import GenotypeError
-from bayesnas_tf.io_utils import atomic_write_text, json_provenance
+from bayesnas_tf.io_utils import atomic_write_text, json_provenance, parse_json
+from bayesnas_tf.spaces.dag import op_names
 
 OpInput = Tuple[str, str]  # (op name, input name)
 CellGenotype = Tuple[Tuple[OpInput, ...], ...]  # one tuple per node
@@ -40,7 +39,6 @@ CELL_INPUTS = ("in0", "in1")
 # stride-2 1x1 conv ("conv", released 0.01 / 0.007 / ImageNet cells) or a
 # factorized reduce ("factorized", released 0.005 cells).
 SIZE_REDUCTS = ("conv", "factorized")
-GENOTYPE_FILENAME = "genotype.json"
 
 _REQUIRED_FIELDS = ("schema_version", "normal", "reduce")
 _OPTIONAL_FIELDS = ("size_reduct", "search")
@@ -118,15 +116,6 @@ def _cell_from_mapping(cell_type: str, value: Any) -> List[Any]:
   return [value[name] for name in expected]
 
 
-def _parse_json(text: str, source: str) -> Any:
-  try:
-    return json.loads(text)
-  except json.JSONDecodeError as e:
-    raise GenotypeError(
-        f"{source} is not valid JSON ({e.msg} at line {e.lineno}, column "
-        f"{e.colno}); fix the file or regenerate it") from None
-
-
 @dataclasses.dataclass(frozen=True)
 class Genotype:
   """The cells of a derived network.
@@ -149,6 +138,10 @@ class Genotype:
       default=None, compare=False)
 
   SCHEMA_VERSION: ClassVar[int] = 1
+  # The search-space family (spaces/registry.py) and the kind of its JSON
+  # (which carries no "kind" field).
+  family: ClassVar[str] = "dag"
+  kind: ClassVar[str] = "cells"
 
   def __post_init__(self):
     # Validating here (not only in from_dict) means no invalid Genotype can
@@ -202,11 +195,13 @@ class Genotype:
   def from_dict(cls, d: Any) -> "Genotype":
     """Parses and validates the JSON object written by `to_dict`.
 
-    A JSON object with "kind": "pyramid_tree" is a proxyless-search network
-    and is returned as a `tree_genotype.TreeGenotype`.
+    A JSON object with another family's "kind" (e.g. "pyramid_tree", a
+    proxyless-search network) is returned as that family's genotype, so
+    `Genotype.load` reads every genotype.json.
     """
-    if isinstance(d, Mapping) and d.get("kind") == tree_genotype.KIND:
-      return tree_genotype.TreeGenotype.from_dict(d)
+    if isinstance(d, Mapping) and d.get("kind", cls.kind) != cls.kind:
+      from bayesnas_tf.spaces import registry  # pylint: disable=g-import-not-at-top
+      return registry.genotype_from_dict(d)
     if not isinstance(d, Mapping):
       raise GenotypeError(
           f"a genotype must be a JSON object with fields "
@@ -242,7 +237,7 @@ class Genotype:
 
   @classmethod
   def from_json(cls, text: str) -> "Genotype":
-    return cls.from_dict(_parse_json(text, "genotype JSON"))
+    return cls.from_dict(parse_json(text, "genotype JSON"))
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes `to_json()` atomically, so a crash never leaves half a file."""
@@ -250,25 +245,10 @@ class Genotype:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "Genotype":
-    """Reads a genotype.json; errors name the file."""
-    path = os.fspath(path)
-    try:
-      with open(path, encoding="utf-8") as f:
-        text = f.read()
-    except FileNotFoundError:
-      raise GenotypeError(
-          f"genotype file {path} does not exist; pass a built-in name "
-          f"({', '.join(KNOWN_GENOTYPES)}) or a path to "
-          f"{GENOTYPE_FILENAME}") from None
-    except (OSError, UnicodeDecodeError) as e:
-      raise GenotypeError(
-          f"cannot read genotype file {path} ({e}); check the path and its "
-          f"permissions") from None
-    data = _parse_json(text, f"genotype file {path}")
-    try:
-      return cls.from_dict(data)
-    except GenotypeError as e:
-      raise GenotypeError(f"genotype file {path}: {e}") from None
+    """Reads a genotype.json (of any family, see `from_dict`); errors name
+    the file."""
+    from bayesnas_tf.spaces import registry  # pylint: disable=g-import-not-at-top
+    return registry.load_genotype(path)
 
 
 # --- released genotypes (ALGORITHM.md 6) --------------------------------------
@@ -352,21 +332,3 @@ KNOWN_GENOTYPES: Dict[str, Genotype] = {
         search={"source": "CNN/pre_trained/imagenet/OneShot.py",
                 "lambda_child": 0.01, "dataset": "imagenet"}),
 }
-
-
-def resolve_genotype(name_or_path: str | os.PathLike) -> Genotype:
-  """A built-in name, a genotype.json path, or a directory holding one.
-
-  Besides the released cells, the built-ins include the proxyless-search
-  networks (`tree_genotype.BUILTIN_TREE_GENOTYPES`: TreeCell-A PyramidNets
-  and the released Proxyless-G CIFAR net), returned as `TreeGenotype`s.
-  """
-  if isinstance(name_or_path, str) and name_or_path in KNOWN_GENOTYPES:
-    return KNOWN_GENOTYPES[name_or_path]
-  if isinstance(name_or_path, str) and (
-      name_or_path in tree_genotype.BUILTIN_TREE_GENOTYPES):
-    return tree_genotype.BUILTIN_TREE_GENOTYPES[name_or_path]
-  path = os.fspath(name_or_path)
-  if os.path.isdir(path):
-    path = os.path.join(path, GENOTYPE_FILENAME)
-  return Genotype.load(path)

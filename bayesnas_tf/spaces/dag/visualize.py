@@ -14,7 +14,7 @@ from typing import List
 
 from absl import logging
 
-from bayesnas_tf.genotype import CELL_TYPES, Genotype
+from bayesnas_tf.spaces.dag.genotype import CELL_TYPES, Genotype
 
 # Labels follow the paper's notation: in0 is the output of cell k-1 and in1
 # that of cell k-2 (ALGORITHM.md 1.2); the cell output concatenates all nodes.

@@ -1,9 +1,9 @@
 """Edge operations of tree cells (PROXYLESS.md 1.4), as Keras layers.
 
 PathLevel-EAS and ProxylessNAS build every edge "bn_act_weight", i.e.
-pre-activation, and their ops differ from the DARTS-style registry of
-`ops.OPS` (which follows the official BayesNAS code), so tree cells have their
-own registry with distinct names:
+pre-activation, and their ops differ from the DARTS-style registry of the
+DAG cells (spaces/dag/ops.py, which follows the official BayesNAS code), so
+tree cells have their own registry with distinct names:
 
 * `sepK` (K = 3, 5, 7) and `dil_sep3`: BN -> ReLU -> zero pad d*(K//2) ->
   depthwise KxK (dilation d) -> pointwise 1x1, with ONE BN (PL layers.py
@@ -32,11 +32,12 @@ from typing import Callable, Dict, Tuple
 import keras
 import tensorflow as tf
 
-from bayesnas_tf import op_names
 from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.nn import PACKAGE
 from bayesnas_tf.nn import init
 from bayesnas_tf.nn.sequence_op import SequenceOp
+from bayesnas_tf.spaces.base import check_registry
+from bayesnas_tf.spaces.tree import op_names
 
 GROUPS = 2  # The group count of every 3x3 group conv (PROXYLESS.md 2).
 
@@ -250,8 +251,8 @@ PRE_EDGES: Dict[str, TreeOpFactory] = {
     "gconv3_x2": lambda *, channels, stride, name: GroupConv3x3(
         channels, 2 * channels, stride, shuffle=True, name=name),
 }
-op_names.check_registry(TREE_OPS, op_names.TREE_OP_NAMES, "tree_ops.TREE_OPS")
-op_names.check_registry(PRE_EDGES, op_names.PRE_EDGE_WIDTH, "tree_ops.PRE_EDGES")
+check_registry(TREE_OPS, op_names.TREE_OP_NAMES, "ops.TREE_OPS")
+check_registry(PRE_EDGES, op_names.PRE_EDGE_WIDTH, "ops.PRE_EDGES")
 PRE_EDGE_WIDTH = op_names.PRE_EDGE_WIDTH  # Output channels as a multiple of C.
 
 # Trainable parameters on C channels (PROXYLESS.md 1.4), for checks and

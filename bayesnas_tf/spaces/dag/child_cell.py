@@ -31,16 +31,16 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from bayesnas_tf import ops
 from bayesnas_tf.errors import GenotypeError
-from bayesnas_tf.genotype import CellGenotype
-from bayesnas_tf.genotype import Genotype
-from bayesnas_tf.genotype import SIZE_REDUCTS
-from bayesnas_tf.layers.channel_reduce import ChannelReduce
 from bayesnas_tf.nn import PACKAGE
 from bayesnas_tf.nn import init
-from bayesnas_tf.search_space import is_cell_input
-from bayesnas_tf.search_space import node_name
+from bayesnas_tf.spaces.dag import ops
+from bayesnas_tf.spaces.dag.channel_reduce import ChannelReduce
+from bayesnas_tf.spaces.dag.genotype import CellGenotype
+from bayesnas_tf.spaces.dag.genotype import Genotype
+from bayesnas_tf.spaces.dag.genotype import SIZE_REDUCTS
+from bayesnas_tf.spaces.dag.space import is_cell_input
+from bayesnas_tf.spaces.dag.space import node_name
 
 DROP_PATHS = ("official", "darts")
 

@@ -1,7 +1,7 @@
 """Bottleneck PyramidNet with tree cells (PROXYLESS.md 2; PL pyramidnet.py).
 
 stem: pad 1 + 3x3 conv 3 -> 16 (no BN/act inside) -> BN;
-3B blocks, widths C_i of `tree_space.pyramid_widths`, stride 2 at the first
+3B blocks, widths C_i of `space.pyramid_widths`, stride 2 at the first
 block of stages 2 and 3, each:
     residual = final BN(4C) <- out_bottle [BN -> ReLU -> 1x1 C -> 4C]
                <- cell (C -> C, the block's stride)
@@ -31,13 +31,13 @@ import keras
 import tensorflow as tf
 
 from bayesnas_tf.layers.gated import GatedCells
-from bayesnas_tf.layers.tree_cell import TreeCell
 from bayesnas_tf.nn import PACKAGE
 from bayesnas_tf.nn import init
 from bayesnas_tf.nn.init import dense_bias_initializer
-from bayesnas_tf.tree_genotype import PyramidBackbone, TreeGenotype
-from bayesnas_tf.tree_space import BOTTLENECK, START_PLANES, block_name
-from bayesnas_tf.tree_space import block_strides, get_tree_space, pyramid_widths
+from bayesnas_tf.spaces.tree.genotype import PyramidBackbone, TreeGenotype
+from bayesnas_tf.spaces.tree.space import BOTTLENECK, START_PLANES, block_name
+from bayesnas_tf.spaces.tree.space import block_strides, get_tree_space, pyramid_widths
+from bayesnas_tf.spaces.tree.tree_cell import TreeCell
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -210,8 +210,8 @@ def as_tree_genotype(genotype) -> TreeGenotype:
   if isinstance(genotype, dict):
     return TreeGenotype.from_dict(genotype)
   if isinstance(genotype, (str, os.PathLike)):
-    from bayesnas_tf.genotype import resolve_genotype  # pylint: disable=g-import-not-at-top
-    resolved = resolve_genotype(genotype)
+    from bayesnas_tf.spaces import registry  # pylint: disable=g-import-not-at-top
+    resolved = registry.resolve_genotype(genotype)
     if isinstance(resolved, TreeGenotype):
       return resolved
   raise ValueError(
@@ -274,7 +274,7 @@ class PyramidTreeSuperNet(GatedCells, _PyramidBackboneModel):
 
   Args:
     num_classes: classifier outputs.
-    search_space: "treecell_a" or "proxyless" (`tree_space.TREE_SPACES`).
+    search_space: "treecell_a" or "proxyless" (`space.TREE_SPACES`).
     depth_blocks: B, blocks per stage (3B blocks).
     alpha: the PyramidNet widening.
     start_planes: the stem width.

@@ -1,1 +1,0 @@
-"""Keras models: the search supernet and the derived child networks."""
