@@ -18,6 +18,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["bayesnas_tf", "bayesnas_tf.*"]),
+    # `bayesnas_tf --mode=search ...` is `python main.py --mode=search ...`.
+    entry_points={"console_scripts": ["bayesnas_tf = bayesnas_tf.cli:run"]},
     install_requires=[
         # TF 2.21 is the version the project is checked on (DESIGN.md 2);
         # Keras 3 comes through `import keras`.

@@ -1,4 +1,5 @@
-"""Errors a user can fix; `main.py` turns each into one line and a non-zero exit.
+"""Errors a user can fix; the command line (cli.py) turns each into one line
+and a non-zero exit.
 
 Every message names what was wrong and what to pass instead, so the command
 line never shows a raw traceback for bad input.

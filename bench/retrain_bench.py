@@ -23,11 +23,11 @@ import numpy as np
 import tensorflow as tf
 
 from bayesnas_tf import config as config_lib
-from bayesnas_tf import export as export_lib
 from bayesnas_tf import modes
-from bayesnas_tf import train as train_lib
 from bayesnas_tf.data import arrays as data_lib
 from bayesnas_tf.spaces.registry import resolve_genotype
+from bayesnas_tf.training import export as export_lib
+from bayesnas_tf.training import train as train_lib
 
 _DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                              "..", "shared", "data", "cifar10_subset.npz")

@@ -72,7 +72,7 @@ def test_digits_bring_quick_start_defaults_that_options_override():
 def test_main_and_the_api_build_the_same_config():
   # One `main` module per process: its flags live in absl's global
   # FlagValues, and a second copy would define them twice.
-  import main  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf import cli as main  # pylint: disable=g-import-not-at-top
   main.FLAGS.unparse_flags()
   main.FLAGS(["main.py", "--mode=search", "--cells=4", "--lambda_child=0.02",
               "--primitives=sep3,max", "--noflip"])

@@ -86,7 +86,7 @@ def test_search_step_functions_jit_equal_graph():
 
 
 def _cli_config(mode, model_dir, jit, extra):
-  import main  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf import cli as main  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.FLAGS.unparse_flags()
   flags.FLAGS([
@@ -103,7 +103,7 @@ def _first_train_batch(data):
 
 def test_retrain_steps_jit_equal_graph(tmp_path):
   from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
-  from bayesnas_tf import train as train_lib  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf.training import train as train_lib  # pylint: disable=g-import-not-at-top
   trainers = []
   for jit in (False, True):
     config = _cli_config("retrain", tmp_path / str(jit), jit, (

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bayesnas_tf.callbacks import DropPathSchedule
+from bayesnas_tf.training.callbacks import DropPathSchedule
 from bayesnas_tf.spaces.dag.genotype import KNOWN_GENOTYPES
 from bayesnas_tf.spaces.dag.child_net import ChildNetwork
 

@@ -180,7 +180,7 @@ def test_bad_tree_configurations(supernet, search, message):
 
 
 def test_flag_files_hold_the_paper_settings():
-  import main
+  from bayesnas_tf import cli as main
   root = pathlib.Path(__file__).resolve().parents[1]
   try:
     main.FLAGS([str(root / "main.py"),

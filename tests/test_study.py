@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bayesnas_tf import study as study_lib
+from bayesnas_tf.modes import study as study_lib
 from bayesnas_tf.spaces.registry import resolve_genotype
 from bayesnas_tf.spaces.dag import sampling
 from bayesnas_tf.spaces.dag.space import BAYESNAS_SPACE, DARTS_SPACE

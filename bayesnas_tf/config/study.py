@@ -11,7 +11,7 @@ from bayesnas_tf.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-  """Searched against random cells (--mode=study, bayesnas_tf/study.py).
+  """Searched against random cells (--mode=study, bayesnas_tf/modes/study.py).
 
   The searches use the supernet and search sections; every genotype is then
   retrained with the one schedule below (the train section supplies the

@@ -1,8 +1,9 @@
 """The forms of --dataset, and the checks of a local path, TensorFlow-free.
 
-main.py runs `check_local_dataset` before TensorFlow loads, so a mistyped
-`npz:` or `folder:` path is answered at once; the loaders (arrays.py,
-streaming.py) run the same checks, for callers of the library.
+The command line (cli.py) runs `check_local_dataset` before TensorFlow
+loads, so a mistyped `npz:` or `folder:` path is answered at once; the
+loaders (arrays.py, streaming.py) run the same checks, for callers of the
+library.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ the process a grace period later. While a mode runs (`sigterm_handler`), the
 signal only sets a flag; the training loops call `Watcher.check` at every
 point where their state is consistent (after a step and its bookkeeping,
 between Hessian batches, at phase ends), which then saves the loop's
-checkpoint and raises `Preempted`; main.py prints one line and exits with
-PREEMPTED_EXIT_CODE. Because data order and augmentation are pure functions
-of the position, the same command resumes exactly where the run stopped.
+checkpoint and raises `Preempted`; the command line (cli.py) prints one
+line and exits with PREEMPTED_EXIT_CODE. Because data order and augmentation
+are pure functions of the position, the same command resumes exactly where
+the run stopped.
 
 Under MultiWorkerMirroredStrategy the workers must stop after the same step,
 or one would wait forever in an all-reduce: TensorFlow's

@@ -180,7 +180,7 @@ class ChildNetwork(keras.Model):
   callbacks, `evaluate()`, `save("x.keras")`, `export()`. As in our own
   trainer, `fit` adds `auxiliary_weight` x the compiled loss of the
   auxiliary logits when the head exists, drop path acts in training only,
-  and `callbacks.DropPathSchedule` ramps its probability over the epochs.
+  and `training.callbacks.DropPathSchedule` ramps its probability over the epochs.
   """
 
   def __init__(self, genotype, num_classes: int = 10, cells: int = 20,
@@ -372,7 +372,7 @@ class ChildNetwork(keras.Model):
     # Keras's step computes the loss of `self(x)` only; with the auxiliary
     # head the loss also gets auxiliary_weight x the compiled loss of the
     # auxiliary logits, from the same forward pass (the DARTS trainer, and
-    # train.py). The structure follows Keras's guide to custom train steps.
+    # training/train.py). The structure follows Keras's guide to custom train steps.
     if self.auxiliary_head is None:
       return super().train_step(data)
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

@@ -39,6 +39,9 @@ import numpy as np
 
 from bayesnas_tf.config import ExperimentConfig
 from bayesnas_tf.io_utils import atomic_write_text
+from bayesnas_tf.modes import search as search_mode
+from bayesnas_tf.modes import train as train_mode
+from bayesnas_tf.runtime import run_dir
 from bayesnas_tf.spaces import registry
 
 STUDY_FILE = "study.json"
@@ -206,15 +209,13 @@ class Study:
 
   # --- runs ---------------------------------------------------------------
   def _search(self, seed: int):
-    from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
     config = self.search_config(seed)
     start = time.perf_counter()
-    result = modes.run_search(config, self.flags_text)
+    result = search_mode.run_search(config, self.flags_text)
     return result, time.perf_counter() - start
 
   def _retrain(self, name: str, group: str, genotype,
                search_seed: Optional[int] = None, **extra) -> RunRecord:
-    from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
     import keras  # pylint: disable=g-import-not-at-top
     genotype_path = os.path.join(self.model_dir, "genotypes", f"{name}.json")
     if not os.path.exists(genotype_path):
@@ -223,9 +224,9 @@ class Study:
     logging.info("study: retraining %s (%s, %s ops)", name, group,
                  self.family.op_counts(genotype))
     start = time.perf_counter()
-    result = modes.run_training(config, self.flags_text)
+    result = train_mode.run_training(config, self.flags_text)
     wall = time.perf_counter() - start
-    params = modes.train_summary(config)["trainable_params"]
+    params = train_mode.train_summary(config)["trainable_params"]
     keras.backend.clear_session()   # Free the finished run's graphs.
     record = RunRecord(
         name=name, group=group, search_seed=search_seed,
@@ -277,7 +278,6 @@ class Study:
 
 def run_study(config: ExperimentConfig, flags_text: str = "") -> StudyResult:
   """--mode=study: see the module doc."""
-  from bayesnas_tf.runtime import run_dir  # pylint: disable=g-import-not-at-top
   run_dir.check_model_dir(config)
   run_dir.write_run_files(config, flags_text)
   return Study(config, flags_text).run()
