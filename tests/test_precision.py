@@ -1,17 +1,14 @@
-"""Dtype policies (precision.py): Keras's own mixed-precision layer check,
-float32 variables, float32 curvature, loss scaling and the CLI's refusal of
-mixed_float16 without a GPU.
+"""Dtype policies (precision.py): float32 variables, float32 curvature, loss
+scaling and the CLI's refusal of mixed_float16 without a GPU.
 
-`keras.src.testing.TestCase.run_layer_test` is Keras's layer test: with its
-default `run_mixed_precision_check=True` it rebuilds the layer with
-`dtype="mixed_float16"` and asserts that the outputs are float16 (the compute
-dtype) and that every weight is float32.
+Keras's own mixed-precision layer check (`run_layer_test`, which rebuilds a
+layer with `dtype="mixed_float16"` and asserts float16 outputs and float32
+weights) runs over every registered layer in test_keras_layers.py.
 """
 
 import tempfile
 
 import keras
-from keras.src import testing as keras_testing
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,12 +16,6 @@ import tensorflow as tf
 from bayesnas_tf import config as config_lib
 from bayesnas_tf.data import arrays as data_lib
 from bayesnas_tf.spaces.dag import ops
-from bayesnas_tf.spaces.dag import space as search_space
-from bayesnas_tf.layers import MixedOp
-from bayesnas_tf.layers import SwitchedEdge
-from bayesnas_tf.spaces.dag.bayes_cell import BayesCell
-from bayesnas_tf.spaces.dag.channel_reduce import ChannelReduce
-from bayesnas_tf.spaces.dag.child_cell import ChildCell
 from bayesnas_tf.spaces.dag.supernet import SuperNet
 from bayesnas_tf.runtime import precision
 from bayesnas_tf.search import search_loop
@@ -32,57 +23,11 @@ from tests.conftest import run_main
 from test_jit_recompute import thin_out
 
 SUBSET = ("sep3", "dil3", "max", "avg", "id")
-CELL = [[["sep3", "in0"], ["max", "in1"]], [["id", "in0"], ["dil3", "n0"]]]
 
 
 def _tensor(shape, seed=0):
   return tf.constant(np.random.RandomState(seed).standard_normal(shape),
                      tf.float32)
-
-
-class MixedPrecisionLayerTest(keras_testing.TestCase):
-  """Keras's run_layer_test, mixed-precision check on (its default)."""
-
-  def test_mixed_op(self):
-    for stride in (1, 2):
-      self.run_layer_test(
-          MixedOp, {"channels": 4, "stride": stride, "primitives": SUBSET},
-          input_shape=(2, 8, 8, 4),
-          call_kwargs={"weights": tf.constant([1.0, 0.5, 2.0, 1.5, 0.3])},
-          expected_output_shape=(2, 8 // stride, 8 // stride, 4),
-          run_training_check=False)  # Its Model wrapper drops `weights`.
-
-  def test_switched_edge(self):
-    for stride in (1, 2):
-      self.run_layer_test(
-          SwitchedEdge, {"channels": 4, "stride": stride, "primitives": SUBSET},
-          input_shape=(2, 8, 8, 4),
-          expected_output_shape=(2, 8 // stride, 8 // stride, 4))
-
-  def test_channel_reduce(self):
-    for size_reduct in ("none", "conv", "factorized"):
-      out = 4 if size_reduct == "none" else 2
-      self.run_layer_test(
-          ChannelReduce, {"channels": 3, "size_reduct": size_reduct},
-          input_shape=(2, 4, 4, 6), expected_output_shape=(2, out, out, 3))
-
-  def test_bayes_cell(self):
-    spec = search_space.get_search_space("bayesnas").cell("reduce")
-    self.run_layer_test(
-        BayesCell, {"cell_spec": {"num_nodes": spec.num_nodes,
-                                  "edges": [list(e) for e in spec.edges]},
-                    "channels": 4, "reduction": True, "primitives": SUBSET},
-        input_shape={"in0_shape": (2, 8, 8, 6), "in1_shape": (2, 8, 8, 6)},
-        expected_output_shape=(2, 4, 4, 16),
-        run_training_check=False)  # Its Model wrapper takes one input.
-
-  def test_child_cell(self):
-    self.run_layer_test(
-        ChildCell, {"genotype_cell": CELL, "channels": 4, "reduction": True,
-                    "reduction_prev": True},
-        input_shape={"in0_shape": (2, 8, 8, 6), "in1_shape": (2, 16, 16, 6)},
-        expected_output_shape=(2, 4, 4, 8),
-        run_training_check=False)  # Its Model wrapper takes one input.
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])

@@ -40,18 +40,20 @@ VARIANTS = ("cifar", "imagenet")
 AUX_CHANNELS = (128, 768)  # DARTS's auxiliary head widths.
 
 
-def _stem_conv(filters: int, stride: int, name: str) -> keras.layers.Conv2D:
+def _stem_conv(filters: int, stride: int, name: str,
+               dtype=None) -> keras.layers.Conv2D:
   # Used after an explicit ZeroPadding2D(1) (ALGORITHM.md 9.1).
   return keras.layers.Conv2D(
       filters, 3, strides=stride, padding="valid", use_bias=False,
-      kernel_initializer=init.conv_initializer(), name=name)
+      kernel_initializer=init.conv_initializer(), name=name, dtype=dtype)
 
 
-def _classifier(num_classes: int, fan_in: int, name: str) -> keras.layers.Dense:
+def _classifier(num_classes: int, fan_in: int, name: str,
+                dtype=None) -> keras.layers.Dense:
   # PyTorch Linear init (ALGORITHM.md 9.1).
   return keras.layers.Dense(
       num_classes, kernel_initializer=init.conv_initializer(),
-      bias_initializer=dense_bias_initializer(fan_in), name=name)
+      bias_initializer=dense_bias_initializer(fan_in), name=name, dtype=dtype)
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -105,16 +107,18 @@ class AuxiliaryHead(keras.layers.Layer):
     self.variant = variant
     self.pool_stride = 3 if variant == "cifar" else 2
     hidden, features = AUX_CHANNELS
-    self.relu0 = keras.layers.ReLU(name="relu0")
-    self.conv1 = init.conv1x1(hidden, 1, "conv1")
-    self.bn1 = init.batch_norm("bn1")
-    self.relu1 = keras.layers.ReLU(name="relu1")
+    # Sublayers take the head's dtype policy (Keras 3 does not pass it on).
+    policy = self.dtype_policy
+    self.relu0 = keras.layers.ReLU(name="relu0", dtype=policy)
+    self.conv1 = init.conv1x1(hidden, 1, "conv1", policy)
+    self.bn1 = init.batch_norm("bn1", policy)
+    self.relu1 = keras.layers.ReLU(name="relu1", dtype=policy)
     self.conv2 = keras.layers.Conv2D(
         features, 2, padding="valid", use_bias=False,
-        kernel_initializer=init.conv_initializer(), name="conv2")
-    self.bn2 = init.batch_norm("bn2") if variant == "cifar" else None
-    self.relu2 = keras.layers.ReLU(name="relu2")
-    self.classifier = _classifier(num_classes, features, "classifier")
+        kernel_initializer=init.conv_initializer(), name="conv2", dtype=policy)
+    self.bn2 = init.batch_norm("bn2", policy) if variant == "cifar" else None
+    self.relu2 = keras.layers.ReLU(name="relu2", dtype=policy)
+    self.classifier = _classifier(num_classes, features, "classifier", policy)
 
   def build(self, input_shape):
     batch = input_shape[0]
@@ -231,25 +235,27 @@ class ChildNetwork(keras.Model):
         name="drop_prob", shape=(), initializer="zeros", trainable=False,
         dtype="float32", autocast=False)
 
+    # Sublayers take the network's dtype policy (Keras 3 does not pass it on).
+    policy = self.dtype_policy
     if variant == "cifar":
-      self.stem0 = [keras.layers.ZeroPadding2D(1, name="stem_pad"),
-                    _stem_conv(stem_multiplier * channels, 1, "stem_conv")]
+      self.stem0 = [keras.layers.ZeroPadding2D(1, name="stem_pad", dtype=policy),
+                    _stem_conv(stem_multiplier * channels, 1, "stem_conv", policy)]
       self.stem1 = []
     else:
       half = channels // 2
       self.stem0 = [
-          keras.layers.ZeroPadding2D(1, name="stem0_pad1"),
-          _stem_conv(half, 2, "stem0_conv1"),
-          init.batch_norm("stem0_bn1"),
-          keras.layers.ReLU(name="stem0_relu"),
-          keras.layers.ZeroPadding2D(1, name="stem0_pad2"),
-          _stem_conv(channels, 2, "stem0_conv2"),
-          init.batch_norm("stem0_bn2"),
+          keras.layers.ZeroPadding2D(1, name="stem0_pad1", dtype=policy),
+          _stem_conv(half, 2, "stem0_conv1", policy),
+          init.batch_norm("stem0_bn1", policy),
+          keras.layers.ReLU(name="stem0_relu", dtype=policy),
+          keras.layers.ZeroPadding2D(1, name="stem0_pad2", dtype=policy),
+          _stem_conv(channels, 2, "stem0_conv2", policy),
+          init.batch_norm("stem0_bn2", policy),
       ]
       self.stem1 = [
-          keras.layers.ReLU(name="stem1_relu"),
-          keras.layers.ZeroPadding2D(1, name="stem1_pad"),
-          _stem_conv(channels, 2, "stem1_conv"),
+          keras.layers.ReLU(name="stem1_relu", dtype=policy),
+          keras.layers.ZeroPadding2D(1, name="stem1_pad", dtype=policy),
+          _stem_conv(channels, 2, "stem1_conv", policy),
       ]
 
     self.cells: List[ChildCell] = []
@@ -265,16 +271,17 @@ class ChildNetwork(keras.Model):
       self.cells.append(ChildCell(
           genotype.cell(cell_type), c, reduction, reduction_prev,
           size_reduct=genotype.size_reduct, drop_path=drop_path,
-          name=f"cell_{index}_{cell_type}"))
+          name=f"cell_{index}_{cell_type}", dtype=policy))
       reduction_prev = reduction
     self.final_channels = self.num_nodes * c
     # No ReLU before the pool (ALGORITHM.md 5.2, unlike the search net).
-    self.head_bn = init.batch_norm("head_bn")
-    self.global_pool = keras.layers.GlobalAveragePooling2D(name="global_pool")
+    self.head_bn = init.batch_norm("head_bn", policy)
+    self.global_pool = keras.layers.GlobalAveragePooling2D(name="global_pool",
+                                                           dtype=policy)
     self.classifier = _classifier(num_classes, self.final_channels,
-                                  "classifier")
+                                  "classifier", policy)
     self.auxiliary_head = (
-        AuxiliaryHead(num_classes, variant, name="auxiliary_head")
+        AuxiliaryHead(num_classes, variant, name="auxiliary_head", dtype=policy)
         if auxiliary else None)
 
   # --- shapes -------------------------------------------------------------

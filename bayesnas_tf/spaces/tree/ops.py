@@ -67,15 +67,17 @@ class TreeSepConv(_TreeSequenceOp):
     init.check_positive("dilation", dilation)
     self.kernel_size = kernel_size
     self.dilation = dilation
+    policy = self.dtype_policy
     self._chain += [
-        init.batch_norm("bn"),
-        keras.layers.ReLU(name="relu"),
-        keras.layers.ZeroPadding2D(dilation * (kernel_size // 2), name="pad"),
+        init.batch_norm("bn", policy),
+        keras.layers.ReLU(name="relu", dtype=policy),
+        keras.layers.ZeroPadding2D(dilation * (kernel_size // 2), name="pad",
+                                   dtype=policy),
         keras.layers.DepthwiseConv2D(
             kernel_size, dilation_rate=dilation, padding="valid",
             use_bias=False, depthwise_initializer=init.depthwise_initializer(),
-            name="depthwise"),
-        init.conv1x1(channels, 1, "pointwise"),
+            name="depthwise", dtype=policy),
+        init.conv1x1(channels, 1, "pointwise", policy),
     ]
 
   def get_config(self):
@@ -91,8 +93,10 @@ class TreeConv1x1(_TreeSequenceOp):
 
   def __init__(self, channels: int, stride: int = 1, **kwargs):
     super().__init__(channels, stride, **kwargs)
-    self._chain += [init.batch_norm("bn"), keras.layers.ReLU(name="relu"),
-                    init.conv1x1(channels, stride, "conv")]
+    policy = self.dtype_policy
+    self._chain += [init.batch_norm("bn", policy),
+                    keras.layers.ReLU(name="relu", dtype=policy),
+                    init.conv1x1(channels, stride, "conv", policy)]
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -111,7 +115,8 @@ class SamePool3x3(_TreeSequenceOp):
     self.pool_type = pool_type
     pool_cls = (keras.layers.AveragePooling2D if pool_type == "avg"
                 else keras.layers.MaxPooling2D)
-    self._chain.append(pool_cls(3, strides=1, padding="same", name=f"{pool_type}_pool"))
+    self._chain.append(pool_cls(3, strides=1, padding="same",
+                                name=f"{pool_type}_pool", dtype=self.dtype_policy))
 
   def get_config(self):
     config = super().get_config()
@@ -169,14 +174,15 @@ class GroupConv3x3(keras.layers.Layer):
     self.out_channels = out_channels
     self.stride = stride
     self.shuffle = bool(shuffle)
-    self.bn = init.batch_norm("bn")
-    self.relu = keras.layers.ReLU(name="relu")
-    self.pad = keras.layers.ZeroPadding2D(1, name="pad")
+    policy = self.dtype_policy
+    self.bn = init.batch_norm("bn", policy)
+    self.relu = keras.layers.ReLU(name="relu", dtype=policy)
+    self.pad = keras.layers.ZeroPadding2D(1, name="pad", dtype=policy)
     self.group_convs = [
         keras.layers.Conv2D(
             out_channels // GROUPS, 3, strides=stride, padding="valid",
             use_bias=False, kernel_initializer=init.conv_initializer(),
-            name=f"conv_group{g}")
+            name=f"conv_group{g}", dtype=policy)
         for g in range(GROUPS)]
 
   @property
@@ -218,38 +224,40 @@ class GroupConv3x3(keras.layers.Layer):
 
 
 def _no_stride(op_name: str, factory):
-  def make(*, channels, stride, name):
+  def make(*, channels, stride, name, dtype=None):
     if stride != 1:
       raise ValueError(
           f"tree op {op_name!r} cannot downsample; an edge with stride 2 "
           "needs gconv3 or conv1x1")
-    return factory(channels, name)
+    return factory(channels, name, dtype)
   return make
 
 
 TreeOpFactory = Callable[..., keras.layers.Layer]
 
 # The edge-op registry of tree cells; factories are keyword-only (channels,
-# stride, name). Candidate order of the ProxylessNAS space follows this dict.
+# stride, name, dtype: the Keras dtype policy). Candidate order of the
+# ProxylessNAS space follows this dict.
 TREE_OPS: Dict[str, TreeOpFactory] = {
-    "identity": _no_stride("identity", lambda c, n: TreeIdentity(c, name=n)),
-    "sep3": _no_stride("sep3", lambda c, n: TreeSepConv(c, 3, 1, name=n)),
-    "sep5": _no_stride("sep5", lambda c, n: TreeSepConv(c, 5, 1, name=n)),
-    "sep7": _no_stride("sep7", lambda c, n: TreeSepConv(c, 7, 1, name=n)),
-    "dil_sep3": _no_stride("dil_sep3", lambda c, n: TreeSepConv(c, 3, 2, name=n)),
-    "avg3": _no_stride("avg3", lambda c, n: SamePool3x3(c, "avg", name=n)),
-    "max3": _no_stride("max3", lambda c, n: SamePool3x3(c, "max", name=n)),
-    "conv1x1": lambda *, channels, stride, name: TreeConv1x1(
-        channels, stride, name=name),
-    "gconv3": lambda *, channels, stride, name: GroupConv3x3(
-        channels, channels, stride, name=name),
+    "identity": _no_stride("identity", lambda c, n, d: TreeIdentity(c, name=n, dtype=d)),
+    "sep3": _no_stride("sep3", lambda c, n, d: TreeSepConv(c, 3, 1, name=n, dtype=d)),
+    "sep5": _no_stride("sep5", lambda c, n, d: TreeSepConv(c, 5, 1, name=n, dtype=d)),
+    "sep7": _no_stride("sep7", lambda c, n, d: TreeSepConv(c, 7, 1, name=n, dtype=d)),
+    "dil_sep3": _no_stride("dil_sep3",
+                           lambda c, n, d: TreeSepConv(c, 3, 2, name=n, dtype=d)),
+    "avg3": _no_stride("avg3", lambda c, n, d: SamePool3x3(c, "avg", name=n, dtype=d)),
+    "max3": _no_stride("max3", lambda c, n, d: SamePool3x3(c, "max", name=n, dtype=d)),
+    "conv1x1": lambda *, channels, stride, name, dtype=None: TreeConv1x1(
+        channels, stride, name=name, dtype=dtype),
+    "gconv3": lambda *, channels, stride, name, dtype=None: GroupConv3x3(
+        channels, channels, stride, name=name, dtype=dtype),
 }
 TREE_PRIMITIVES: Tuple[str, ...] = op_names.TREE_OP_NAMES
 
 # Cell-level pre-edges (run before the root node; they carry the stride).
 PRE_EDGES: Dict[str, TreeOpFactory] = {
-    "gconv3_x2": lambda *, channels, stride, name: GroupConv3x3(
-        channels, 2 * channels, stride, shuffle=True, name=name),
+    "gconv3_x2": lambda *, channels, stride, name, dtype=None: GroupConv3x3(
+        channels, 2 * channels, stride, shuffle=True, name=name, dtype=dtype),
 }
 check_registry(TREE_OPS, op_names.TREE_OP_NAMES, "ops.TREE_OPS")
 check_registry(PRE_EDGES, op_names.PRE_EDGE_WIDTH, "ops.PRE_EDGES")
@@ -273,14 +281,18 @@ def op_params(op_name: str, channels: int) -> int:
 
 
 def make_tree_op(op_name: str, channels: int, stride: int = 1,
-                 name: str | None = None) -> keras.layers.Layer:
+                 name: str | None = None, dtype=None) -> keras.layers.Layer:
+  """The tree op `op_name`; `dtype`: its Keras dtype policy (and its
+  sublayers')."""
   op_names.check_tree_ops([op_name])
-  return TREE_OPS[op_name](channels=channels, stride=stride, name=name or op_name)
+  return TREE_OPS[op_name](channels=channels, stride=stride,
+                           name=name or op_name, dtype=dtype)
 
 
 def make_pre_edge(kind: str, channels: int, stride: int = 1,
-                  name: str = "pre_edge") -> keras.layers.Layer:
+                  name: str = "pre_edge", dtype=None) -> keras.layers.Layer:
   if kind not in PRE_EDGES:
     raise ConfigError(
         f"unknown pre-edge {kind!r}; valid pre-edges are {', '.join(PRE_EDGES)}")
-  return PRE_EDGES[kind](channels=channels, stride=stride, name=name)
+  return PRE_EDGES[kind](channels=channels, stride=stride, name=name,
+                         dtype=dtype)

@@ -79,16 +79,17 @@ class BottleneckBlock(keras.layers.Layer):
     self.channels = channels
     self.stride = stride
     self.cell = cell
-    self.shortcut_pool = (keras.layers.AveragePooling2D(2, 2, padding="valid",
-                                                        name="shortcut_pool")
+    policy = self.dtype_policy
+    self.shortcut_pool = (keras.layers.AveragePooling2D(
+        2, 2, padding="valid", name="shortcut_pool", dtype=policy)
                           if stride == 2 else None)
     if cell is not None:
-      self.in_bn = init.batch_norm("in_bn")
-      self.in_conv = init.conv1x1(channels, 1, "in_conv")
-      self.out_bn = init.batch_norm("out_bn")
-      self.out_relu = keras.layers.ReLU(name="out_relu")
-      self.out_conv = init.conv1x1(BOTTLENECK * channels, 1, "out_conv")
-      self.final_bn = init.batch_norm("final_bn")
+      self.in_bn = init.batch_norm("in_bn", policy)
+      self.in_conv = init.conv1x1(channels, 1, "in_conv", policy)
+      self.out_bn = init.batch_norm("out_bn", policy)
+      self.out_relu = keras.layers.ReLU(name="out_relu", dtype=policy)
+      self.out_conv = init.conv1x1(BOTTLENECK * channels, 1, "out_conv", policy)
+      self.final_bn = init.batch_norm("final_bn", policy)
 
   @property
   def out_channels(self) -> int:
@@ -151,25 +152,30 @@ class _PyramidBackboneModel(keras.Model):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
       raise ValueError(f"`num_classes` must be an integer >= 2. Received: "
                        f"num_classes={num_classes!r}.")
-    self.stem_pad = keras.layers.ZeroPadding2D(1, name="stem_pad")
+    # Sublayers take the network's dtype policy (Keras 3 does not pass it on).
+    policy = self.dtype_policy
+    self.stem_pad = keras.layers.ZeroPadding2D(1, name="stem_pad", dtype=policy)
     self.stem_conv = keras.layers.Conv2D(
         start_planes, 3, padding="valid", use_bias=False,
-        kernel_initializer=init.conv_initializer(), name="stem_conv")
-    self.stem_bn = init.batch_norm("stem_bn")
+        kernel_initializer=init.conv_initializer(), name="stem_conv",
+        dtype=policy)
+    self.stem_bn = init.batch_norm("stem_bn", policy)
     self.blocks: List[BottleneckBlock] = []
     in_channels = start_planes
     for index, (width, stride, cell) in enumerate(zip(widths, strides, cells)):
       block = BottleneckBlock(in_channels, width, stride, cell,
-                              name=block_name(index))
+                              name=block_name(index), dtype=policy)
       self.blocks.append(block)
       in_channels = block.out_channels
     self.final_channels = in_channels
-    self.head_bn = init.batch_norm("head_bn")
-    self.head_relu = keras.layers.ReLU(name="head_relu")
-    self.global_pool = keras.layers.GlobalAveragePooling2D(name="global_pool")
+    self.head_bn = init.batch_norm("head_bn", policy)
+    self.head_relu = keras.layers.ReLU(name="head_relu", dtype=policy)
+    self.global_pool = keras.layers.GlobalAveragePooling2D(name="global_pool",
+                                                           dtype=policy)
     self.classifier = keras.layers.Dense(
         num_classes, kernel_initializer=init.conv_initializer(),
-        bias_initializer=dense_bias_initializer(in_channels), name="classifier")
+        bias_initializer=dense_bias_initializer(in_channels), name="classifier",
+        dtype=policy)
 
   def build(self, input_shape):
     shape = init.build_sequence([self.stem_pad, self.stem_conv, self.stem_bn],
@@ -239,7 +245,8 @@ class PyramidTreeNet(_PyramidBackboneModel):
     self.genotype = as_tree_genotype(genotype)
     self.num_classes = num_classes
     backbone = self.genotype.backbone
-    cells = [None if spec is None else TreeCell(spec, width, stride, name="cell")
+    cells = [None if spec is None else TreeCell(spec, width, stride, name="cell",
+                                                dtype=self.dtype_policy)
              for spec, width, stride in zip(self.genotype.cells, backbone.widths,
                                             backbone.strides)]
     self.drop_prob = self.add_weight(
@@ -297,7 +304,7 @@ class PyramidTreeSuperNet(GatedCells, _PyramidBackboneModel):
     strides = block_strides(depth_blocks)
     self.cells: List[TreeCell] = [
         TreeCell(self.space.template, width, stride, self.space.gate_kind,
-                 self.space.fixed_edges, name="cell")
+                 self.space.fixed_edges, name="cell", dtype=self.dtype_policy)
         for width, stride in zip(widths, strides)]
     self.cell_types: List[str] = [block_name(i) for i in range(len(widths))]
     self.backbone = PyramidBackbone(depth_blocks, self.alpha, start_planes)

@@ -77,7 +77,10 @@ class TreeEdge(keras.layers.Layer):
     self.channels = channels
     self.stride = stride
     self.gate_kind = gate_kind
-    self.candidate_ops = [tree_ops.make_tree_op(name, channels, stride, name=name)
+    # The ops compute in this edge's dtype policy (Keras 3 does not hand a
+    # layer's policy to the sublayers it creates).
+    self.candidate_ops = [tree_ops.make_tree_op(name, channels, stride, name=name,
+                                                dtype=self.dtype_policy)
                           for name in self.op_names]
     self._active_ops: Tuple[int, ...] = tuple(range(len(self.op_names)))
     self._edge_active = True
@@ -215,8 +218,10 @@ class TreeCell(keras.layers.Layer):
     if unknown:
       raise ValueError(f"`fixed_edges` names unknown edges {unknown}.")
     root_width = channels * spec.root_channels_multiple
+    policy = self.dtype_policy
     self.pre_edge = (None if spec.pre_edge is None else
-                     tree_ops.make_pre_edge(spec.pre_edge, channels, stride))
+                     tree_ops.make_pre_edge(spec.pre_edge, channels, stride,
+                                            dtype=policy))
     root_stride = stride if spec.pre_edge is None else 1
 
     # Edge layers (preorder), widths and strides, from the spec as data. The
@@ -241,13 +246,14 @@ class TreeCell(keras.layers.Layer):
           self._edge_pos[name] = len(self.all_edges)
           self.all_edges.append(TreeEdge(
               w, branch.ops, root_stride if is_root else 1, kind,
-              name=_edge_layer_name(name)))
+              name=_edge_layer_name(name), dtype=policy))
         if branch.child is not None:
           if visit(branch.child, w, name + ".", False) != w:
             raise ValueError(f"the child node of edge {name} changes its width")
           if is_root and node.branch_bn:
             self._bn_pos[name] = len(self.branch_bns)
-            self.branch_bns.append(init.batch_norm(f"branch_bn_{name[1:]}"))
+            self.branch_bns.append(
+                init.batch_norm(f"branch_bn_{name[1:]}", policy))
       return out
 
     out = visit(spec.root, root_width, "e", True)
