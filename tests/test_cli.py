@@ -1,9 +1,14 @@
 """The command line: parameter counts, and bad input -> one clear line, a
 non-zero exit, and nothing in --model_dir lost."""
 
+import ast
+import os
+import subprocess
+import sys
+
 import pytest
 
-from conftest import TINY_SEARCH_FLAGS, run_main
+from conftest import ROOT, TINY_SEARCH_FLAGS, run_main
 
 QUICK_FLAGS = [f for f in TINY_SEARCH_FLAGS if not f.startswith(
     ("--max_train_examples", "--search_epochs", "--iterations", "--primitives",
@@ -19,6 +24,25 @@ def _assert_clean_failure(result, pattern):
   last = "\n".join(result.stderr.strip().splitlines()[-2:])
   assert pattern in last, result.stderr[-2000:]
   return last
+
+
+def test_console_script_is_declared_and_is_main_py(tmp_path):
+  """`pip install .` gives the `bayesnas_tf` command: setup.py's entry
+  point bayesnas_tf.cli:run, the program that main.py runs."""
+  setup = next(node for node in ast.walk(ast.parse((ROOT / "setup.py").read_text()))
+               if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup")
+  entry_points = next(ast.literal_eval(k.value) for k in setup.keywords
+                      if k.arg == "entry_points")
+  assert entry_points == {"console_scripts": ["bayesnas_tf = bayesnas_tf.cli:run"]}
+  args = ("--mode=retrain", "--genotype=bayesnas_l0.01", "--summary_only")
+  # From outside the checkout: the installed package alone.
+  module = subprocess.run(
+      [sys.executable, "-m", "bayesnas_tf.cli", *args], cwd=tmp_path, timeout=300,
+      capture_output=True, text=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  script = run_main(*args)
+  assert module.returncode == script.returncode == 0, module.stderr[-2000:]
+  assert module.stdout == script.stdout == "trainable_params: 2575702\n"
 
 
 def test_summary_only_paper_supernet():
