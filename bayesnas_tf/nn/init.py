@@ -79,6 +79,14 @@ def strided_size(size, stride: int):
   return (size - 1) // stride + 1
 
 
+def strided_shape(input_shape, stride: int, channels: int) -> tuple:
+  """The NHWC shape after a padded 3x3/1x1 op of `stride` with `channels`
+  outputs."""
+  batch, height, width, _ = input_shape
+  return (batch, strided_size(height, stride), strided_size(width, stride),
+          channels)
+
+
 def dense_bias_initializer(fan_in: int) -> keras.initializers.Initializer:
   # PyTorch's Linear bias init, U(+-1/sqrt(fan_in)) (ALGORITHM.md 9.1).
   bound = 1.0 / float(np.sqrt(fan_in))

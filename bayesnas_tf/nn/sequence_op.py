@@ -14,7 +14,7 @@ from bayesnas_tf.nn.batch_norm import BatchNorm
 from bayesnas_tf.nn.init import build_sequence
 from bayesnas_tf.nn.init import check_positive
 from bayesnas_tf.nn.init import check_stride
-from bayesnas_tf.nn.init import strided_size
+from bayesnas_tf.nn.init import strided_shape
 
 
 class SequenceOp(keras.layers.Layer):
@@ -57,9 +57,7 @@ class SequenceOp(keras.layers.Layer):
     return x
 
   def compute_output_shape(self, input_shape):
-    batch, height, width, _ = input_shape
-    return (batch, strided_size(height, self.stride),
-            strided_size(width, self.stride), self.output_channels)
+    return strided_shape(input_shape, self.stride, self.output_channels)
 
   def get_config(self):
     config = super().get_config()

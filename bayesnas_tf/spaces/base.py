@@ -31,12 +31,17 @@ from bayesnas_tf.errors import ConfigError
 
 class SearchSpaceFamily:
   """One family of search spaces (module doc). Subclasses set the attributes
-  and implement the methods that raise NotImplementedError.
+  and implement the methods that raise NotImplementedError; the others have
+  defaults that read the attributes.
 
   Attributes:
     name: the family's name ("dag", "tree"), also `genotype.family`.
     space_names: the `--search_space` values it owns.
     genotype_kind: the "kind" its genotype.json files carry.
+    genotype_type: its genotype class (with `from_dict`).
+    backend_type: its `SearchBackend` class (built from the config).
+    builtins: {name: genotype} of its released networks.
+    supported_hessians: the `--hessian` estimators its supernets support.
     primitives: the op names `--primitives` chooses from (() when the
       family has no such choice).
   """
@@ -44,6 +49,10 @@ class SearchSpaceFamily:
   name: str = ""
   space_names: Tuple[str, ...] = ()
   genotype_kind: str = ""
+  genotype_type: Any = None
+  backend_type: Any = None
+  builtins: Mapping[str, Any] = {}
+  supported_hessians: Tuple[str, ...] = ()
   primitives: Tuple[str, ...] = ()
 
   # --- flags, configurations, genotypes (TensorFlow-free) -------------------
@@ -53,7 +62,8 @@ class SearchSpaceFamily:
 
   def hessian_methods(self, space_name: str) -> Tuple[str, ...]:
     """The `--hessian` estimators the supernet of `space_name` supports."""
-    raise NotImplementedError
+    del space_name
+    return self.supported_hessians
 
   def check_hessian(self, space_name: str, method: str) -> None:
     """Raises ConfigError when `method` is not in `hessian_methods`."""
@@ -65,11 +75,11 @@ class SearchSpaceFamily:
 
   def builtin_genotypes(self) -> Mapping[str, Any]:
     """{name: genotype} of the released networks `--genotype` may name."""
-    raise NotImplementedError
+    return self.builtins
 
   def genotype_from_dict(self, data: Mapping[str, Any]) -> Any:
     """A validated genotype from its JSON object (GenotypeError if bad)."""
-    raise NotImplementedError
+    return self.genotype_type.from_dict(data)
 
   def parse_genotype_text(self, text: str) -> Optional[Any]:
     """A genotype from a family-specific string form, or None."""
@@ -79,7 +89,7 @@ class SearchSpaceFamily:
   # --- the search -------------------------------------------------------------
   def search_backend(self, config: "ExperimentConfig") -> "SearchBackend":
     """The backend of one search run (see `SearchBackend`)."""
-    raise NotImplementedError
+    return self.backend_type(config)
 
   def pictures(self, genotype) -> Tuple[Dict[str, bytes], Optional[str]]:
     """({name: PNG bytes}, None) of the genotype's diagrams for TensorBoard,

@@ -128,12 +128,9 @@ class BayesCell(keras.layers.Layer):
       edge.sync_active_ops()
 
   def compute_output_shape(self, in0_shape, in1_shape):
-    shape0 = self.preprocess0.compute_output_shape(in0_shape)
-    batch, height, width, _ = shape0
-    stride = 2 if self.reduction else 1
-    return (batch, init.strided_size(height, stride),
-            init.strided_size(width, stride),
-            self.cell_spec.num_nodes * self.channels)
+    return init.strided_shape(self.preprocess0.compute_output_shape(in0_shape),
+                              2 if self.reduction else 1,
+                              self.cell_spec.num_nodes * self.channels)
 
   def get_config(self):
     config = super().get_config()

@@ -207,10 +207,8 @@ class ChildCell(keras.layers.Layer):
     return y * tf.cast(mask, y.dtype)
 
   def compute_output_shape(self, in0_shape, in1_shape=None):
-    batch, height, width, _ = in0_shape
-    stride = self.cell_stride
-    return (batch, init.strided_size(height, stride),
-            init.strided_size(width, stride), self.num_nodes * self.channels)
+    return init.strided_shape(in0_shape, self.cell_stride,
+                              self.num_nodes * self.channels)
 
   def get_config(self):
     config = super().get_config()

@@ -85,23 +85,14 @@ class DagFamily(base.SearchSpaceFamily):
   name = "dag"
   space_names = tuple(SEARCH_SPACES)
   genotype_kind = "cells"
+  genotype_type = Genotype
+  backend_type = CellSearchBackend
+  builtins = KNOWN_GENOTYPES
+  supported_hessians = HESSIAN_METHODS
   primitives = PRIMITIVES
 
   def check_supernet(self, supernet: "SupernetConfig") -> None:
     check_primitives(supernet.primitives)
-
-  def hessian_methods(self, space_name: str) -> Tuple[str, ...]:
-    del space_name
-    return HESSIAN_METHODS
-
-  def builtin_genotypes(self) -> Mapping[str, Genotype]:
-    return KNOWN_GENOTYPES
-
-  def genotype_from_dict(self, data: Mapping[str, Any]) -> Genotype:
-    return Genotype.from_dict(data)
-
-  def search_backend(self, config: "ExperimentConfig") -> CellSearchBackend:
-    return CellSearchBackend(config)
 
   def pictures(self, genotype: Genotype) -> Tuple[Dict[str, bytes], Optional[str]]:
     reason = visualize.png_skip_reason()

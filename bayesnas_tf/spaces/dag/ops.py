@@ -32,7 +32,7 @@ from bayesnas_tf.nn.init import check_stride
 from bayesnas_tf.nn.init import conv1x1
 from bayesnas_tf.nn.init import conv_initializer
 from bayesnas_tf.nn.init import depthwise_initializer
-from bayesnas_tf.nn.init import strided_size
+from bayesnas_tf.nn.init import strided_shape
 from bayesnas_tf.nn.sequence_op import SequenceOp
 from bayesnas_tf.spaces.base import check_registry
 # Re-exported: callers read them as ops.PRIMITIVES etc.
@@ -219,9 +219,7 @@ class DilConv(keras.layers.Layer):
             and _symmetric_pad(self.pad) == self.dilation * (self.kernel_size - 1) // 2)
 
   def compute_output_shape(self, input_shape):
-    batch, height, width, _ = input_shape
-    return (batch, strided_size(height, self.stride),
-            strided_size(width, self.stride), self.channels)
+    return strided_shape(input_shape, self.stride, self.channels)
 
   def get_config(self):
     config = super().get_config()

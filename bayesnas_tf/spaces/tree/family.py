@@ -11,7 +11,7 @@ import (spaces/base.py).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Dict, Mapping, Sequence
 
 import numpy as np
 
@@ -101,25 +101,16 @@ class TreeFamily(base.SearchSpaceFamily):
   name = "tree"
   space_names = tuple(TREE_SPACES)
   genotype_kind = KIND
+  genotype_type = TreeGenotype
+  backend_type = TreeSearchBackend
+  builtins = BUILTIN_TREE_GENOTYPES
+  supported_hessians = TREE_HESSIAN_METHODS
 
   def check_supernet(self, supernet: "SupernetConfig") -> None:
     alpha = supernet.alpha
     if not alpha >= 0 or (isinstance(alpha, float) and not math.isfinite(alpha)):
       raise ConfigError(f"--alpha must be >= 0; received alpha={alpha!r}")
     pyramid_widths(supernet.depth_blocks, alpha, supernet.start_planes)
-
-  def hessian_methods(self, space_name: str) -> Tuple[str, ...]:
-    del space_name
-    return TREE_HESSIAN_METHODS
-
-  def builtin_genotypes(self) -> Mapping[str, TreeGenotype]:
-    return BUILTIN_TREE_GENOTYPES
-
-  def genotype_from_dict(self, data: Mapping[str, Any]) -> TreeGenotype:
-    return TreeGenotype.from_dict(data)
-
-  def search_backend(self, config: "ExperimentConfig") -> TreeSearchBackend:
-    return TreeSearchBackend(config)
 
   def build_child_network(self, train: "TrainConfig", genotype: TreeGenotype,
                           num_classes: int, image_shape: Sequence[int]):

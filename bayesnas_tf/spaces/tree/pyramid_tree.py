@@ -129,9 +129,7 @@ class BottleneckBlock(keras.layers.Layer):
     return shortcut + self.final_bn(x, training=training)
 
   def compute_output_shape(self, input_shape):
-    batch, height, width, _ = input_shape
-    return (batch, init.strided_size(height, self.stride),
-            init.strided_size(width, self.stride), self.out_channels)
+    return init.strided_shape(input_shape, self.stride, self.out_channels)
 
   def get_config(self):
     config = super().get_config()

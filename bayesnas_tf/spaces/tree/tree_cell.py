@@ -423,9 +423,7 @@ class TreeCell(keras.layers.Layer):
                      (shape[2] - 1) // self.stride + 1, self.channels])
 
   def compute_output_shape(self, input_shape):
-    batch, height, width, _ = input_shape
-    return (batch, init.strided_size(height, self.stride),
-            init.strided_size(width, self.stride), self.channels)
+    return init.strided_shape(input_shape, self.stride, self.channels)
 
   def get_config(self):
     config = super().get_config()
