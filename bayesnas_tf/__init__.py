@@ -9,6 +9,12 @@ also re-exported here as `run_search`, `run_retrain`, `run_transfer`,
 `run_compress`, `run_export` and `make_config`. Importing the package stays
 light: TensorFlow is imported when a mode runs (or a submodule that needs
 it is imported), not by `import bayesnas_tf`.
+
+The subpackages, lowest first (a lower one never imports a higher one; each
+`__init__` says what lives there): nn, layers, spaces (the search-space
+families and their registry), config, runtime, data, search, compress and
+training, modes; at the top api.py and cli.py (the command line). The root
+also holds errors.py, io_utils.py and testing.py (for the tests).
 """
 
 __version__ = "0.1.0"

@@ -6,8 +6,11 @@ BayesNAS gates w, w_all and a pruning mask), the registry of the op sets they
 build their candidates from (op_registry.py) and the gated supernet protocol
 that the search reads from every supernet (gated.py: `GatedCells`).
 
-The cells (`BayesCell`, `ChildCell`, `TreeCell`) and `ChannelReduce` are
-imported from their own modules here.
+Where the other layers the design names live: `BayesCell` (a cell of
+SwitchedEdges over a DAG), `ChannelReduce` and `ChildCell` are in the DAG
+family, bayesnas_tf/spaces/dag/ (bayes_cell.py, channel_reduce.py,
+child_cell.py); `TreeEdge` and `TreeCell` in the tree family,
+bayesnas_tf/spaces/tree/tree_cell.py.
 
 What it may import: `bayesnas_tf.errors` and `bayesnas_tf.nn` (a family's op
 module is imported by name when its op set is first used).

@@ -20,8 +20,10 @@ cell, (num_edges, num_ops + 1), laid out like `SwitchedEdge.gates()`.
   tests and small models.
 * `diag_backprop`: the paper's layer-wise diagonal back-propagation
   (ALGORITHM.md 3.4.2), one forward and one backward pass of a "shadow"
-  network (diag_backprop.py); an approximation that drops off-diagonal
-  curvature terms.
+  network; an approximation that drops off-diagonal curvature terms. Its
+  shadow network walks one family's layers, so the supernet provides it
+  (`special_hessian`, layers/gated.py; the DAG supernet's is
+  spaces/dag/diag_backprop.py).
 """
 
 from __future__ import annotations
