@@ -1,4 +1,4 @@
-"""Tests for bayesnas_tf.search.derive: kept masks -> Genotype (ALGORITHM.md 3.6)."""
+"""Tests for bayesnas_tf.spaces.dag.derive: kept masks -> Genotype (ALGORITHM.md 3.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`--hessian=diag_backprop` (search/diag_backprop.py) against references.
+"""`--hessian=diag_backprop` (spaces/dag/diag_backprop.py) against references.
 
 * Invariant 9 (ALGORITHM.md 9.2): every linear map's shadow propagation is
   (A o A)^T vec(H_y) of the dense Jacobian A = dy/dx.
