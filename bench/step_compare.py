@@ -56,7 +56,10 @@ def worker() -> None:
   sys.path.insert(0, FLAGS.worker_root)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from bayesnas_tf import config as config_lib  # pylint: disable=g-import-not-at-top
-  from bayesnas_tf.data import arrays as data_lib  # pylint: disable=g-import-not-at-top
+  try:  # The layout of issue 19; a --base checkout before it has data.py.
+    from bayesnas_tf.data import arrays as data_lib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    from bayesnas_tf import data as data_lib  # pylint: disable=g-import-not-at-top
   from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
   from bayesnas_tf.search import search_loop  # pylint: disable=g-import-not-at-top
   parts = FLAGS.worker_variant.split("+")
