@@ -27,7 +27,7 @@ RESULT_SCHEMA_VERSION = 1
 
 def _json_value(value) -> Any:
   """`value` in JSON form, or None for what has none (e.g. a Keras model)."""
-  if hasattr(value, "to_dict"):  # Genotype, TreeGenotype.
+  if hasattr(value, "to_dict"):  # The genotype of any search-space family.
     return value.to_dict()
   try:
     return json.loads(json.dumps(value))
