@@ -26,6 +26,7 @@ from bayesnas_tf.compress import weight_diag_backprop
 from bayesnas_tf.compress.weight_hessian import kernel_hessian_diagonal
 from bayesnas_tf.spaces.dag.channel_reduce import ChannelReduce
 from bayesnas_tf.layers.switched_edge import SwitchedEdge
+from bayesnas_tf.nn import fast_conv
 from bayesnas_tf.nn.batch_norm import BatchNorm
 from bayesnas_tf.spaces.dag import diag_backprop
 from bayesnas_tf.search import hessian
@@ -93,12 +94,13 @@ def _size_reduction_case(kind):
   keras.utils.set_random_seed(4)
   layer = _built(ChannelReduce(3, kind), (None, 5, 5, 2))
 
-  def real(x):  # ChannelReduce.call up to its BN.
+  def real(x):  # ChannelReduce.call up to its BN (its 1x1 convs as it runs them).
+    convs = [lambda images, conv=conv: fast_conv.strided_conv1x1(
+        images, conv.kernel, 2) for conv in layer.reduce_convs]
     if kind == "conv":
-      return layer.reduce_convs[0](x)
+      return convs[0](x)
     shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
-    return tf.concat([layer.reduce_convs[0](x), layer.reduce_convs[1](shifted)],
-                     axis=-1)
+    return tf.concat([convs[0](x), convs[1](shifted)], axis=-1)
 
   def shadow(x, xs):
     return diag_backprop.size_reduction(layer, x, xs, tf.float32)

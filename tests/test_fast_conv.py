@@ -2,12 +2,17 @@
 TensorFlow route (values and first and second derivatives), against
 references that do not use the fast paths."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from bayesnas_tf.spaces.dag import ops
 from bayesnas_tf.nn import fast_conv
+from conftest import ROOT
 
 
 def _random(shape, seed):
@@ -187,3 +192,109 @@ def test_same_conv_on_small_maps_matches_padding_and_differentiates_twice(
       _second_derivative(lambda a, w: fast_conv.same_conv(a, w, rate), x,
                          kernel).numpy(),
       _second_derivative(reference, x, kernel).numpy(), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape,stride", (((3, 8, 8, 4), 2), ((2, 9, 7, 5), 2),
+                                          ((2, 32, 32, 4), 2), ((2, 10, 11, 3), 3)))
+def test_strided_pointwise_matches_a_strided_1x1_conv(shape, stride):
+  # Shapes where TensorFlow's own strided 1x1 conv runs (odd sizes keep
+  # the last row and column): values, both gradients, second derivative.
+  x = _random(shape, 17)
+  kernel = _random((1, 1, shape[-1], 6), 18)
+  ours = lambda a, w: fast_conv.strided_pointwise(a, w, stride)
+  plain = lambda a, w: tf.nn.conv2d(a, w, stride, "VALID")
+  mine, theirs = _value_and_grads(ours, x, kernel), _value_and_grads(plain, x, kernel)
+  assert mine[0].shape == theirs[0].shape
+  for a, b in zip(mine, theirs):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(_second_derivative(ours, x, kernel).numpy(),
+                             _second_derivative(plain, x, kernel).numpy(),
+                             rtol=1e-4, atol=1e-4)
+
+
+def _op_types(fn, shape, kernel_shape):
+  graph = tf.function(fn).get_concrete_function(
+      tf.TensorSpec(shape), tf.TensorSpec(kernel_shape)).graph
+  return {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.parametrize("shape,conv", (((8, 56, 56, 4), False), ((2, 46, 46, 15), False),
+                                        ((None, None, None, 8), False),
+                                        ((8, 32, 32, 4), True), ((8, 56, 56, 16), True)))
+def test_strided_conv1x1_avoids_the_conv_only_where_it_crashes(shape, conv):
+  # Traced, not run: a Conv2D at the first shapes would take the test
+  # process down with it (the child process below runs them).
+  types = _op_types(lambda a, w: fast_conv.strided_conv1x1(a, w, 2), shape,
+                    (1, 1, shape[-1], 4))
+  assert ("Conv2D" in types) == conv, types
+  assert ("MatMul" in types) == (not conv), types
+
+
+def test_strided_1x1_layers_keep_their_variables_and_compute_the_conv():
+  # The layers keep their Keras Conv2D sublayers (same variables, so
+  # checkpoints and .keras files of earlier versions load: test_legacy_
+  # fixtures.py) and compute what the plain strided conv computes.
+  from bayesnas_tf.spaces.dag.channel_reduce import ChannelReduce
+  from bayesnas_tf.spaces.tree.ops import TreeConv1x1
+  x = _random((2, 9, 9, 4), 19)
+  reduce_conv = ops.ReduceConv(4, name="r")
+  y = reduce_conv(x, training=False)
+  bn, conv = reduce_conv.chain
+  assert fast_conv.is_strided_1x1(conv)
+  assert [(v.path, tuple(v.shape)) for v in conv.variables] == [
+      ("r/conv/kernel", (1, 1, 4, 4))]
+  np.testing.assert_allclose(
+      y.numpy(), tf.nn.conv2d(bn(x, training=False), conv.kernel, 2, "VALID").numpy(),
+      rtol=1e-5, atol=1e-5)
+  tree = TreeConv1x1(4, stride=2, name="t")
+  y = tree(x, training=False)
+  bn, relu, conv = tree.chain
+  np.testing.assert_allclose(
+      y.numpy(), tf.nn.conv2d(relu(bn(x, training=False)), conv.kernel, 2,
+                              "VALID").numpy(), rtol=1e-5, atol=1e-5)
+  pre = ChannelReduce(8, "factorized", name="pre")
+  y = pre(x, training=False)
+  assert sorted((v.path, tuple(v.shape)) for v in pre.trainable_variables) == [
+      ("pre/bn/beta", (4,)), ("pre/bn/gamma", (4,)), ("pre/conv/kernel", (1, 1, 4, 8)),
+      ("pre/size_reduct1/kernel", (1, 1, 4, 2)), ("pre/size_reduct2/kernel", (1, 1, 4, 2))]
+  shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
+  plain = tf.concat([tf.nn.conv2d(x, pre.reduce_convs[0].kernel, 2, "VALID"),
+                     tf.nn.conv2d(shifted, pre.reduce_convs[1].kernel, 2, "VALID")], -1)
+  np.testing.assert_allclose(
+      y.numpy(), tf.nn.conv2d(pre.relu(pre.bn(plain, training=False)),
+                              pre.conv.kernel, 1, "VALID").numpy(),
+      rtol=1e-5, atol=1e-5)
+
+
+# Run in a child process: before the strided 1x1 convs took the slice +
+# matmul route, each of these gradients killed the process (SIGSEGV or
+# SIGABRT in oneDNN's Conv2DBackpropFilter, exit 139 / 134) on this
+# build of TensorFlow; `tf.nn.conv2d(x, w, 2, "VALID")` with a 1x1 kernel on
+# (8, 56, 56, C), C = 4, 8, 12, still does.
+_FORMERLY_CRASHING = """
+import numpy as np, tensorflow as tf
+from bayesnas_tf.spaces.dag import ops
+from bayesnas_tf.spaces.dag.channel_reduce import ChannelReduce
+from bayesnas_tf.spaces.tree.ops import TreeConv1x1
+layers = [(ops.ReduceConv(4, name="r"), 4), (ops.ReduceConv(8, name="r8"), 8),
+          (ChannelReduce(8, "conv", name="c"), 12),
+          (ChannelReduce(8, "factorized", name="f"), 8),
+          (TreeConv1x1(4, stride=2, name="t"), 4)]
+for layer, channels in layers:
+  x = tf.random.normal((8, 56, 56, channels))
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    loss = tf.reduce_sum(layer(x, training=True) ** 2)
+  grads = tape.gradient(loss, [x] + layer.trainable_variables)
+  assert all(np.isfinite(g.numpy()).all() for g in grads)
+  print(layer.name, "ok")
+"""
+
+
+def test_formerly_crashing_strided_1x1_gradients_run_in_a_child_process():
+  result = subprocess.run([sys.executable, "-c", _FORMERLY_CRASHING], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split() == ["r", "ok", "r8", "ok", "c", "ok", "f", "ok",
+                                   "t", "ok"]

@@ -28,6 +28,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
+from bayesnas_tf.nn import fast_conv
 from bayesnas_tf.nn.batch_norm import BatchNorm
 
 Pair = Tuple[tf.Tensor, Optional[tf.Tensor]]
@@ -102,10 +103,16 @@ def _conv(layer: keras.layers.Conv2D, x, shadow, dtype) -> Pair:
         and layer.data_format == "channels_last", layer,
         "padding other than 'valid', groups or channels_first data")
   check_linear_activation(layer)
-  y = layer(x)
+  y = (fast_conv.strided_conv1x1(x, layer.kernel, layer.strides[0])
+       if fast_conv.is_strided_1x1(layer) else layer(x))
   if shadow is None:
     return y, None
   # The bias is an offset: it has no second derivative and drops out.
+  if fast_conv.is_strided_1x1(layer):
+    # As SequenceOp computes it: oneDNN's strided 1x1 filter gradient
+    # crashes on narrow inputs (fast_conv.strided_conv1x1).
+    return y, fast_conv.strided_conv1x1(shadow, squared(layer.kernel, dtype),
+                                          layer.strides[0])
   return y, tf.nn.convolution(
       shadow, squared(layer.kernel, dtype), strides=layer.strides,
       padding="VALID", dilations=layer.dilation_rate)

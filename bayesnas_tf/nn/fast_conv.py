@@ -21,6 +21,9 @@ TensorFlow's default route runs the same arithmetic slower than it can:
   faster; for 3x3 kernels the native kernel is faster and is kept.
 * 1x1 stride-1 convs: oneDNN's GEMM runs them as a matmul over the
   flattened positions 20-45% faster than its 1x1 Conv2D (`pointwise`).
+* not faster but safe: oneDNN's filter gradient of a strided 1x1 conv
+  crashes the process for narrow inputs on larger maps; `strided_conv1x1`
+  takes a strided slice and the matmul there (`strided_pointwise`).
 
 All give the same numbers up to float rounding, first and second
 derivatives included (tests/test_fast_conv.py).
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import functools
 
+import keras
 import tensorflow as tf
 
 from bayesnas_tf.nn import devices
@@ -78,6 +82,62 @@ def pointwise(x, kernel):
     shape = [d if d is not None else tf.shape(x)[i]
              for i, d in enumerate(x.shape[:-1])]
     return tf.reshape(y, [*shape, channels])
+
+
+# Where oneDNN's Conv2DBackpropFilter of a strided 1x1 conv crashes the
+# process (TensorFlow 2.21, x86 CPU; SIGSEGV or SIGABRT, no Python error).
+# Probed one process per shape over batch 2-32, maps 7-448, 2-48 input
+# channels, strides 2-4, float32 and bfloat16: it crashed with 2-15 input
+# channels on maps from 46x46 up (not on every size: 46, 48, 52, 56, 64,
+# 112, 224, ...), at strides 2 and 4, never with 16 or more channels, on
+# maps up to 32x32 or at stride 3; the forward conv and
+# Conv2DBackpropInput never crashed. TF_ENABLE_ONEDNN_OPTS=0 avoids it.
+_SAFE_CHANNELS = 16
+_SAFE_MAP_SIZE = 32
+
+
+def strided_conv1x1(x, kernel, stride: int):
+  """`tf.nn.conv2d(x, kernel, stride, "VALID")` for a (1, 1, C_in, C_out)
+  kernel, routed around oneDNN's crashing filter gradient.
+
+  Where that gradient crashes (fewer than 16 input channels on maps larger
+  than 32x32, or sizes not known when traced) it is `strided_pointwise`;
+  elsewhere the conv itself, 2-5x faster than the slice and matmul there
+  (measured, forward + backward, one thread: (18, 32, 32, 36) 1.4 against
+  7.1 ms; (32, 56, 56, 16) 2.5 against 11.6 ms), so the CIFAR networks,
+  whose maps are at most 32x32, compute exactly what they computed before.
+  """
+  height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+  small_map = (height is not None and width is not None
+               and max(height, width) <= _SAFE_MAP_SIZE)
+  if stride == 1 or small_map or (channels is not None
+                                  and channels >= _SAFE_CHANNELS):
+    return tf.nn.conv2d(x, kernel, stride, "VALID")
+  return strided_pointwise(x, kernel, stride)
+
+
+def strided_pointwise(x, kernel, stride: int):
+  """A 1x1 "VALID" conv with `stride` of an NHWC `x`: output (i, j) reads
+  exactly input (stride i, stride j), so it is the 1x1 matmul (`pointwise`)
+  of every stride-th row and column. No conv kernel runs, forward or
+  backward: the slice's gradient is a scatter into zeros, the matmul's are
+  matmuls.
+  """
+  if stride > 1:
+    x = x[:, ::stride, ::stride, :]
+  return pointwise(x, kernel)
+
+
+def is_strided_1x1(layer) -> bool:
+  """Whether `layer` is a bias-free, linear, "VALID" Keras Conv2D with a 1x1
+  kernel and a stride above 1: what `strided_conv1x1` computes."""
+  # Exactly Conv2D: a subclass may compute something else in its call.
+  return (type(layer) is keras.layers.Conv2D  # pylint: disable=unidiomatic-typecheck
+          and tuple(layer.kernel_size) == (1, 1) and layer.strides[0] > 1
+          and layer.strides[0] == layer.strides[1] and layer.padding == "valid"
+          and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1
+          and not layer.use_bias and layer.data_format == "channels_last"
+          and getattr(layer.activation, "__name__", "") == "linear")
 
 
 def same_conv(x, kernel, rate: int = 1):

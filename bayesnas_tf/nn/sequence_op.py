@@ -10,6 +10,7 @@ from typing import Tuple
 
 import keras
 
+from bayesnas_tf.nn import fast_conv
 from bayesnas_tf.nn.batch_norm import BatchNorm
 from bayesnas_tf.nn.init import build_sequence
 from bayesnas_tf.nn.init import check_positive
@@ -52,6 +53,10 @@ class SequenceOp(keras.layers.Layer):
     for layer in self._chain:
       if isinstance(layer, BatchNorm):
         x = layer(x, training=training)
+      elif fast_conv.is_strided_1x1(layer):
+        # Its kernel, its numbers, around oneDNN's strided 1x1 filter
+        # gradient, which crashes on narrow inputs (fast_conv).
+        x = fast_conv.strided_conv1x1(x, layer.kernel, layer.strides[0])
       else:
         x = layer(x)
     return x

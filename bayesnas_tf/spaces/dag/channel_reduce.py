@@ -72,14 +72,20 @@ class ChannelReduce(keras.layers.Layer):
 
   def call(self, inputs, training=None):
     x = inputs
+    # The stride-2 1x1 convs by fast_conv.strided_conv1x1 (their kernels,
+    # their numbers): oneDNN's filter gradient of a strided 1x1 conv crashes
+    # the process on narrow inputs (the ImageNet network at --channels=8).
+    def reduce(conv, images):
+      return fast_conv.strided_conv1x1(images, conv.kernel, 2)
+
     if self.size_reduct == "conv":
-      x = self.reduce_convs[0](x)
+      x = reduce(self.reduce_convs[0], x)
     elif self.size_reduct == "factorized":
       # Shift by one pixel; the zero row/column at the far edge is never
       # sampled for even sizes and keeps both halves the same size for odd.
       shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
-      x = tf.concat([self.reduce_convs[0](x), self.reduce_convs[1](shifted)],
-                    axis=-1)
+      x = tf.concat([reduce(self.reduce_convs[0], x),
+                     reduce(self.reduce_convs[1], shifted)], axis=-1)
     return fast_conv.pointwise(self.relu(self.bn(x, training=training)),
                                self.conv.kernel)
 
