@@ -249,8 +249,10 @@ def main(argv):
     if text:
       print(text)
   except BayesNASError as error:
+    # 1: input to correct; OUTPUT_WRITE_EXIT_CODE: an output could not be
+    # written (errors.py).
     sys.stderr.write(f"error: {error}\n")
-    return 1
+    return error.exit_code
   except Preempted as stop:
     sys.stderr.write(f"preempted: {stop}\n")
     return PREEMPTED_EXIT_CODE

@@ -13,6 +13,7 @@ import pytest
 
 from bayesnas_tf import api
 from bayesnas_tf import modes
+from bayesnas_tf.errors import OUTPUT_WRITE_EXIT_CODE
 from bayesnas_tf.spaces.dag.genotype import Genotype
 from conftest import CIFAR_SUBSET, SHARED_DATA, TINY_SEARCH_FLAGS
 from conftest import requires_shared_data, run_main, start_main, tree_digest
@@ -161,8 +162,11 @@ def test_export_dir_not_writable(retrained, tmp_path):
   blocker.write_text("not a directory")
   result = run_main("--mode=export", f"--model_dir={model_dir}",
                     f"--export_dir={blocker / 'models'}")
-  assert result.returncode != 0 and "Traceback" not in result.stderr
-  assert "cannot write to --export_dir" in result.stderr.strip().splitlines()[-1]
+  assert result.returncode == OUTPUT_WRITE_EXIT_CODE, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: cannot write --export_dir={blocker / 'models'}: Not a directory; "
+      "pass a writable --export_dir or --export=false")
 
 
 @pytest.mark.parametrize("genotype, message", [

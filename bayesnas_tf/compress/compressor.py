@@ -39,13 +39,17 @@ from bayesnas_tf.config import ExperimentConfig
 from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.io_utils import atomic_write_text
+from bayesnas_tf.io_utils import output_errors
+from bayesnas_tf.io_utils import remove_quietly
 from bayesnas_tf.nn import bn_statistics
+from bayesnas_tf.runtime import checkpointing
 from bayesnas_tf.runtime import distribute
 from bayesnas_tf.runtime import precision
 from bayesnas_tf.runtime import preemption
 from bayesnas_tf.runtime import progress
 from bayesnas_tf.runtime.checkpointing import restore_latest
 from bayesnas_tf.runtime.checkpointing import variables_by_path
+from bayesnas_tf.runtime.event_writer import EventWriter
 
 REPORT_FILE = "compression.json"
 BASE_MODEL_FILE = "base_model.keras"
@@ -83,10 +87,15 @@ class CompressState(tf.Module):
 
 
 def save_keras_atomic(model: keras.Model, path: str) -> None:
-  """model.save to a temporary .keras file, then rename over `path`."""
+  """model.save to a temporary .keras file, then rename over `path`; a
+  failure removes the temporary file and raises OutputWriteError."""
   tmp = os.path.join(os.path.dirname(path), ".tmp_" + os.path.basename(path))
-  model.save(tmp)
-  os.replace(tmp, path)
+  try:
+    with output_errors(path):
+      model.save(tmp)
+      os.replace(tmp, path)
+  finally:
+    remove_quietly(tmp)
 
 
 def load_base_model(path: str, image_shape, num_classes: int) -> keras.Model:
@@ -152,9 +161,9 @@ class Compressor:
         optimizer=self.optimizer,
         unit_masks={str(k): v for k, v in self.unit_masks.items()},
         kernel_masks={str(k): v for k, v in self.kernel_masks.items()})
-    self.manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(self.model_dir, "checkpoints"), max_to_keep=2)
-    self.writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
+    self.manager = checkpointing.make_manager(
+        self.checkpoint, os.path.join(self.model_dir, "checkpoints"), 2)
+    self.writer = EventWriter(os.path.join(self.model_dir, "tensorboard"))
     self._eval_steps: Dict[str, Callable] = {}
     self.preemption = preemption.Watcher(strategy)
     distribute.synchronize_batch_norm(self.model, strategy)
@@ -299,7 +308,7 @@ class Compressor:
 
   def _save(self) -> None:
     """A checkpoint inside a phase (rounds end with checkpoint `round`)."""
-    self.manager.save(checkpoint_number=int(self.state.global_step.numpy()))
+    checkpointing.save(self.manager, int(self.state.global_step.numpy()))
 
   def _end_phase(self) -> None:
     self.state.epoch.assign(0)
@@ -340,7 +349,7 @@ class Compressor:
     self.state.accuracy_before.assign(accuracy)
     self.state.pretrained.assign(True)
     self._end_phase()
-    self.manager.save(checkpoint_number=0)
+    checkpointing.save(self.manager, 0)
     self.preemption.check(self._save, "pretraining")
 
   def hessians(self, round_index: int) -> Dict[int, tf.Tensor]:
@@ -484,7 +493,7 @@ class Compressor:
     atomic_write_text(os.path.join(self.model_dir, ROUNDS_FILE), json.dumps(history, indent=2))
     self.state.rounds_done.assign(round_index + 1)
     self._end_phase()
-    self.manager.save(checkpoint_number=round_index + 1)
+    checkpointing.save(self.manager, round_index + 1)
     self.preemption.check(self._save, f"round {round_index + 1}")
 
   def _finetune(self, slim: keras.Model) -> None:
@@ -497,9 +506,8 @@ class Compressor:
     # checkpoint (written when preempted), with the position in `state`.
     checkpoint = tf.train.Checkpoint(model=variables_by_path(slim),
                                      optimizer=optimizer, state=self.state)
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(self.model_dir, "checkpoints", "finetune"),
-        max_to_keep=1)
+    manager = checkpointing.make_manager(
+        checkpoint, os.path.join(self.model_dir, "checkpoints", "finetune"), 1)
     if restore_latest(checkpoint, manager):
       logging.info("resumed fine-tuning at epoch %d, step %d",
                    int(self.state.epoch.numpy()) + 1, int(self.state.step.numpy()))
@@ -507,8 +515,8 @@ class Compressor:
     first_stream = cfg.pretrain_epochs + cfg.iterations * cfg.epochs_per_iteration
     self._train_epochs("finetune", step, cfg.finetune_epochs, first_stream, optimizer,
                        self._cosine(cfg.finetune_epochs, cfg.learning_rate),
-                       lambda: manager.save(
-                           checkpoint_number=int(self.state.global_step.numpy())))
+                       lambda: checkpointing.save(
+                           manager, int(self.state.global_step.numpy())))
 
   def _check_slim_equivalence(self, slim: keras.Model) -> float:
     images, _ = next(iter(self.data.test(batch_size=min(64, self.data.num_test))))

@@ -20,13 +20,16 @@ import it. A mode reaches a search-space family only through
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 from absl import logging
 
 from bayesnas_tf.config import ExperimentConfig
+from bayesnas_tf.errors import BayesNASError
 from bayesnas_tf.errors import ConfigError
+from bayesnas_tf.errors import write_failure
 from bayesnas_tf.modes import compress
 from bayesnas_tf.modes import export
 from bayesnas_tf.modes import search
@@ -78,13 +81,30 @@ def run(config: ExperimentConfig, flags_text: str = ""):
   start = time.monotonic()
   # SIGTERM checkpoints and stops the run (preemption.py); a worker other
   # than the chief writes into a scratch folder of its own (cluster.py).
-  with preemption.sigterm_handler(), cluster.worker_outputs(config) as config:
+  with preemption.sigterm_handler(), cluster.worker_outputs(config) as config, \
+      _write_failures():
     result = mode_fn(config, flags_text)
     # The final figures for scripts (results.py), after the mode succeeded.
     path = results.write_result(config, result, time.monotonic() - start)
   logging.info("%s finished in %.0f s; figures in %s", config.mode,
                time.monotonic() - start, path)
   return result
+
+
+@contextlib.contextmanager
+def _write_failures() -> Iterator[None]:
+  """A write failure that no writer reported as OutputWriteError (a full
+  disk met by a library's own file) still ends as one, with its exit code;
+  every other error passes unchanged."""
+  try:
+    yield
+  except BayesNASError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except
+    failure = write_failure(error)
+    if failure is None:
+      raise
+    raise failure from error
 
 
 def summary(config: ExperimentConfig) -> Dict[str, int]:

@@ -16,7 +16,7 @@ from bayesnas_tf.modes.common import GENOTYPE_FILE
 from bayesnas_tf.modes.train import build_child_network
 from bayesnas_tf.modes.train import export_model
 from bayesnas_tf.runtime import run_dir
-from bayesnas_tf.runtime.checkpointing import restore_latest
+from bayesnas_tf.runtime.checkpointing import restore_newest
 from bayesnas_tf.runtime.checkpointing import variables_by_path
 from bayesnas_tf.spaces import registry
 from bayesnas_tf.training import export as export_lib
@@ -38,9 +38,8 @@ def run_export(config: ExperimentConfig, flags_text: str = "") -> str:
   model = build_child_network(trained, genotype, len(meta["class_names"]),
                               meta["image_shape"])
   checkpoint = tf.train.Checkpoint(model=variables_by_path(model))
-  manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(model_dir, "checkpoints"), 1)
-  if restore_latest(checkpoint, manager, partial=True) is None:
+  if restore_newest(checkpoint, os.path.join(model_dir, "checkpoints"),
+                    partial=True) is None:
     raise CheckpointMismatchError(
         f"{model_dir} holds no checkpoint to export; train it first")
   # The export flags of this invocation; the trained run's for the rest.

@@ -29,6 +29,7 @@ resumes with the run it was in (which itself resumes from its checkpoint).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import time
@@ -38,6 +39,7 @@ from absl import logging
 import numpy as np
 
 from bayesnas_tf.config import ExperimentConfig
+from bayesnas_tf.io_utils import atomic_write_bytes
 from bayesnas_tf.io_utils import atomic_write_text
 from bayesnas_tf.modes import search as search_mode
 from bayesnas_tf.modes import train as train_mode
@@ -130,8 +132,11 @@ def save_plot(runs: Sequence[RunRecord], path: str) -> Optional[str]:
   axes.set_title("BayesNAS study: searched vs random cells")
   axes.legend()
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  # Drawn in memory and written atomically, like every other output.
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=120)
   plt.close(figure)
+  atomic_write_bytes(path, buffer.getvalue())
   return path
 
 

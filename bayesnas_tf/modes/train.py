@@ -24,6 +24,7 @@ from bayesnas_tf.modes.common import DATASET_FILE
 from bayesnas_tf.modes.common import GENOTYPE_FILE
 from bayesnas_tf.modes.common import prepare_runtime
 from bayesnas_tf.nn.init import count_params
+from bayesnas_tf.runtime import checkpointing
 from bayesnas_tf.runtime import precision
 from bayesnas_tf.runtime import run_dir
 from bayesnas_tf.runtime.checkpointing import variables_by_path
@@ -88,12 +89,12 @@ def warm_start_cells(model: keras.Model, source_dir: str) -> int:
   shapes when C matches; stems, preprocessors of other sizes and the head
   stay freshly initialised. Returns how many variables were copied.
   """
-  manager = tf.train.CheckpointManager(
-      tf.train.Checkpoint(), os.path.join(source_dir, "checkpoints"), 1)
-  if not manager.latest_checkpoint:
+  # The newest checkpoint that reads back intact (checkpointing.py).
+  latest = checkpointing.newest_readable(os.path.join(source_dir, "checkpoints"))
+  if not latest:
     raise ConfigError(f"--warm_start={source_dir} holds no checkpoint; pass the "
                       "--model_dir of a --mode=retrain run")
-  reader = tf.train.load_checkpoint(manager.latest_checkpoint)
+  reader = tf.train.load_checkpoint(latest)
   shapes = reader.get_variable_to_shape_map()
   copied = 0
   for path, variable in variables_by_path(model).items():
@@ -140,7 +141,8 @@ def run_training(config: ExperimentConfig, flags_text: str = ""):
       "image_shape": list(data.image_shape),
       "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],
   }, indent=2))
-  if config.train.warm_start and trainer.manager.latest_checkpoint is None:
+  if config.train.warm_start and not checkpointing.candidates(
+      trainer.manager.directory):
     warm_start_cells(model, config.train.warm_start)
   result = trainer.run()
   if config.export.export:

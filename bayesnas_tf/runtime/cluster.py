@@ -259,20 +259,22 @@ def _chief_path(path: str) -> Optional[str]:
   return os.path.normpath(os.path.join(_ROLE.model_dir, relative))
 
 
-def checkpoint_to_restore(manager: tf.train.CheckpointManager) -> Optional[str]:
-  """The checkpoint `manager`'s owner resumes from (None: start fresh).
+def checkpoint_directory(directory: str) -> str:
+  """The folder whose checkpoints a manager of `directory` resumes from.
 
-  Its own latest for the chief and single processes; the chief's for a
-  non-chief worker (its scratch folder starts empty). In a cluster of
-  several workers, all of them must have found the same one: a --model_dir
-  that only the chief's host sees would silently restart the others.
+  `directory` itself for the chief and single processes; the chief's for a
+  non-chief worker (its scratch folder starts empty).
   """
-  chief_dir = _chief_path(manager.directory)
-  latest = tf.train.latest_checkpoint(chief_dir) if chief_dir else manager.latest_checkpoint
+  return _chief_path(directory) or directory
+
+
+def agree_on_checkpoint(latest: Optional[str]) -> None:
+  """In a cluster of several workers, all of them must have found the same
+  checkpoint to resume from: a --model_dir that only the chief's host sees
+  would silently restart the others."""
   if _STRATEGY is not None and _ROLE is not None and _ROLE.task is not None and (
       _ROLE.task.num_workers > 1):
     _check_same_checkpoint(latest)
-  return latest
 
 
 def _check_same_checkpoint(latest: Optional[str]) -> None:

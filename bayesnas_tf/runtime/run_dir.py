@@ -17,6 +17,7 @@ import tensorflow as tf
 from bayesnas_tf.config import ExperimentConfig
 from bayesnas_tf.errors import CheckpointMismatchError, ConfigError
 from bayesnas_tf.io_utils import atomic_write_text
+from bayesnas_tf.io_utils import output_errors
 
 CONFIG_FILE = "config.json"
 
@@ -73,7 +74,8 @@ def differences(old, new, prefix: str = "") -> List[str]:
 def write_run_files(config: ExperimentConfig, flags_text: str) -> None:
   """config.json (once) and flags.txt (each start) in the model directory."""
   model_dir = config.runtime.model_dir
-  os.makedirs(model_dir, exist_ok=True)
+  with output_errors(model_dir):
+    os.makedirs(model_dir, exist_ok=True)
   config_path = os.path.join(model_dir, CONFIG_FILE)
   if not os.path.exists(config_path):
     atomic_write_text(config_path, config.to_json())

@@ -37,14 +37,17 @@ from bayesnas_tf.data import arrays as data_lib
 from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.io_utils import atomic_write_text
+from bayesnas_tf.io_utils import output_errors
 from bayesnas_tf.nn import bn_statistics
 from bayesnas_tf.nn import fused_sgd
+from bayesnas_tf.runtime import checkpointing
 from bayesnas_tf.runtime import distribute
 from bayesnas_tf.runtime import precision
 from bayesnas_tf.runtime import preemption
 from bayesnas_tf.runtime import progress
 from bayesnas_tf.runtime.checkpointing import restore_latest
 from bayesnas_tf.runtime.checkpointing import variables_by_path
+from bayesnas_tf.runtime.event_writer import EventWriter
 from bayesnas_tf.search import diagnostics
 from bayesnas_tf.search import hessian as hessian_lib
 from bayesnas_tf.search import prior as prior_lib
@@ -174,9 +177,9 @@ class BayesNASSearch:
         net=variables_by_path(self.net), weight_optimizer=self.weight_optimizer,
         arch_optimizer=self.arch_optimizer, prior=self.prior, state=self.state,
         **extra)
-    self.manager = tf.train.CheckpointManager(
+    self.manager = checkpointing.make_manager(
         self.checkpoint, os.path.join(self.model_dir, "checkpoints"),
-        max_to_keep=cfg.runtime.keep_checkpoints)
+        cfg.runtime.keep_checkpoints)
     self.preemption = preemption.Watcher(self.strategy)
     self._step_fns: Dict[str, object] = {}
 
@@ -191,7 +194,7 @@ class BayesNASSearch:
                  int(self.state.step.numpy()))
 
   def _save(self) -> None:
-    self.manager.save(checkpoint_number=int(self.state.global_step.numpy()))
+    checkpointing.save(self.manager, int(self.state.global_step.numpy()))
 
   # --- step functions -----------------------------------------------------
   def train_step_fn(self, train_gates: bool):
@@ -585,7 +588,9 @@ class BayesNASSearch:
                       json.dumps(self.posterior_dict(), indent=2, sort_keys=True))
     genotype = self.genotype()
     genotype.save(os.path.join(self.model_dir, "genotype.json"))
-    self.backend.write_pictures(genotype, os.path.join(self.model_dir, "cells"))
+    cells = os.path.join(self.model_dir, "cells")
+    with output_errors(cells):  # A family's pictures may be plain files.
+      self.backend.write_pictures(genotype, cells)
     return genotype
 
   # --- driver ---------------------------------------------------------------
@@ -593,8 +598,7 @@ class BayesNASSearch:
     self._restore()
     paths = (os.path.join(self.model_dir, "genotype.json"),
              os.path.join(self.model_dir, "posterior.json"))
-    writer = tf.summary.create_file_writer(
-        os.path.join(self.model_dir, "tensorboard"))
+    writer = EventWriter(os.path.join(self.model_dir, "tensorboard"))
     iterations = self.config.search.iterations
     while not bool(self.state.finished.numpy()):
       phase = int(self.state.phase.numpy())

@@ -26,13 +26,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bayesnas_tf.errors import BayesNASError
+from bayesnas_tf.errors import OutputWriteError
+from bayesnas_tf.errors import failure_reason
 
 SIGNATURE = "serving_default"
-
-
-class ExportError(BayesNASError):
-  """The export directory cannot be written."""
 
 
 def check_writable(export_dir: str) -> None:
@@ -42,8 +39,8 @@ def check_writable(export_dir: str) -> None:
     probe = tempfile.NamedTemporaryFile(dir=export_dir, prefix=".write_test_")
     probe.close()
   except OSError as error:
-    raise ExportError(
-        f"cannot write to --export_dir={export_dir} ({error.strerror or error}); "
+    raise OutputWriteError(
+        f"--export_dir={export_dir}", failure_reason(error),
         "pass a writable --export_dir or --export=false") from None
 
 
@@ -88,8 +85,12 @@ def export_saved_model(model: keras.Model, *, export_dir: str, model_name: str,
   """Writes the next version of `model_name`; returns its path."""
   check_writable(export_dir)
   model_root = os.path.join(export_dir, model_name)
-  os.makedirs(model_root, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".export_", dir=model_root)
+  try:
+    os.makedirs(model_root, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export_", dir=model_root)
+  except OSError as error:
+    raise OutputWriteError(model_root, failure_reason(error),
+                           "pass a writable --export_dir") from None
   try:
     assets_source = os.path.join(staging, "assets_source")
     os.makedirs(assets_source)
@@ -114,10 +115,13 @@ def export_saved_model(model: keras.Model, *, export_dir: str, model_name: str,
       except OSError:
         if not os.path.exists(target):
           raise
-  except OSError as error:
-    raise ExportError(
-        f"cannot export to {model_root} ({error.strerror or error}); pass a "
-        "writable --export_dir") from None
+  except (OSError, tf.errors.OpError) as error:
+    # The staging folder goes (finally); existing versions were never
+    # touched, and the trained run's checkpoint stays for --mode=export.
+    raise OutputWriteError(
+        model_root, failure_reason(error),
+        "make room or pass a writable --export_dir, then export the trained "
+        "run with --mode=export") from None
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   logging.info("exported SavedModel version %d to %s", version, target)

@@ -30,12 +30,14 @@ from bayesnas_tf.config import ExperimentConfig
 from bayesnas_tf.errors import TrainingDivergedError
 from bayesnas_tf.io_utils import atomic_write_text
 from bayesnas_tf.nn import fused_sgd
+from bayesnas_tf.runtime import checkpointing
 from bayesnas_tf.runtime import distribute
 from bayesnas_tf.runtime import precision
 from bayesnas_tf.runtime import preemption
 from bayesnas_tf.runtime import progress
 from bayesnas_tf.runtime.checkpointing import restore_latest
 from bayesnas_tf.runtime.checkpointing import variables_by_path
+from bayesnas_tf.runtime.event_writer import EventWriter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,9 +100,9 @@ class Trainer:
     self.checkpoint = tf.train.Checkpoint(
         model=variables_by_path(model), optimizer=self.optimizer, state=self.state,
         **extra)
-    self.manager = tf.train.CheckpointManager(
+    self.manager = checkpointing.make_manager(
         self.checkpoint, os.path.join(self.model_dir, "checkpoints"),
-        max_to_keep=config.runtime.keep_checkpoints)
+        config.runtime.keep_checkpoints)
     self.preemption = preemption.Watcher(strategy)
     self.train_step = self._make_train_step()
     self.eval_step = self._make_eval_step()
@@ -198,7 +200,7 @@ class Trainer:
 
   # --- loop ---------------------------------------------------------------
   def _save(self):
-    self.manager.save(checkpoint_number=int(self.state.global_step.numpy()))
+    checkpointing.save(self.manager, int(self.state.global_step.numpy()))
 
   def run(self) -> TrainResult:
     latest = restore_latest(self.checkpoint, self.manager)
@@ -206,7 +208,7 @@ class Trainer:
       logging.info("resumed from %s: epoch %d, step %d", latest,
                    int(self.state.epoch.numpy()) + 1, int(self.state.step.numpy()))
     train = self.config.train
-    writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
+    writer = EventWriter(os.path.join(self.model_dir, "tensorboard"))
     metrics = {}
     while int(self.state.epoch.numpy()) < train.epochs:
       epoch = int(self.state.epoch.numpy())

@@ -14,6 +14,8 @@ from typing import List
 
 from absl import logging
 
+from bayesnas_tf.io_utils import atomic_write_bytes
+from bayesnas_tf.io_utils import atomic_write_text
 from bayesnas_tf.spaces.dag.genotype import CELL_TYPES, Genotype
 
 # Labels follow the paper's notation: in0 is the output of cell k-1 and in1
@@ -88,8 +90,7 @@ def write_cell_pictures(genotype: Genotype,
   for cell_type in CELL_TYPES:
     dots[cell_type] = genotype_to_dot(genotype, cell_type)
     path = os.path.join(out_dir, f"{cell_type}.dot")
-    with open(path, "w", encoding="utf-8") as f:
-      f.write(dots[cell_type])
+    atomic_write_text(path, dots[cell_type])
     written.append(path)
 
   reason = png_skip_reason()
@@ -105,7 +106,6 @@ def write_cell_pictures(genotype: Genotype,
       # A picture is never worth failing a finished search over.
       logging.warning("could not render %s: %s", path, e)
       continue
-    with open(path, "wb") as f:
-      f.write(png)
+    atomic_write_bytes(path, png)
     written.append(path)
   return written

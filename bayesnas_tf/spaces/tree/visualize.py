@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import List
 
+from bayesnas_tf.io_utils import atomic_write_text
 from bayesnas_tf.spaces.tree.genotype import TreeGenotype
 from bayesnas_tf.spaces.tree.space import TreeCellSpec, TreeNodeSpec, block_name
 
@@ -62,7 +63,6 @@ def write_tree_pictures(genotype: TreeGenotype, out_dir: str | os.PathLike) -> L
   written = []
   for index, cell in enumerate(genotype.cells):
     path = os.path.join(out_dir, f"{block_name(index)}.dot")
-    with open(path, "w", encoding="utf-8") as f:
-      f.write(tree_cell_to_dot(cell, block_name(index)))
+    atomic_write_text(path, tree_cell_to_dot(cell, block_name(index)))
     written.append(path)
   return written
