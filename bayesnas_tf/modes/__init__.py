@@ -43,6 +43,7 @@ from bayesnas_tf.nn.init import count_params
 from bayesnas_tf.runtime import cluster
 from bayesnas_tf.runtime import preemption
 from bayesnas_tf.runtime import results
+from bayesnas_tf.runtime import run_lock
 
 __all__ = [
     "MODES", "SUMMARIES", "run", "summary", "result_text",
@@ -80,8 +81,12 @@ def run(config: ExperimentConfig, flags_text: str = ""):
   logging.info("mode %s, model_dir %s", config.mode, config.runtime.model_dir)
   start = time.monotonic()
   # SIGTERM checkpoints and stops the run (preemption.py); a worker other
-  # than the chief writes into a scratch folder of its own (cluster.py).
+  # than the chief writes into a scratch folder of its own (cluster.py);
+  # one run at a time per model_dir, whose lock the chief holds (an export
+  # only reads a finished run: run_lock.py).
   with preemption.sigterm_handler(), cluster.worker_outputs(config) as config, \
+      run_lock.hold(config.runtime.model_dir,
+                    enabled=config.mode != "export" and cluster.is_chief()), \
       _write_failures():
     result = mode_fn(config, flags_text)
     # The final figures for scripts (results.py), after the mode succeeded.

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 
+from absl import logging
 import tensorflow as tf
 
 from bayesnas_tf.config import ExperimentConfig
@@ -16,6 +17,7 @@ from bayesnas_tf.modes.common import GENOTYPE_FILE
 from bayesnas_tf.modes.train import build_child_network
 from bayesnas_tf.modes.train import export_model
 from bayesnas_tf.runtime import run_dir
+from bayesnas_tf.runtime import run_lock
 from bayesnas_tf.runtime.checkpointing import restore_newest
 from bayesnas_tf.runtime.checkpointing import variables_by_path
 from bayesnas_tf.spaces import registry
@@ -27,6 +29,12 @@ def run_export(config: ExperimentConfig, flags_text: str = "") -> str:
   del flags_text
   model_dir = config.runtime.model_dir
   trained = run_dir.read_config(model_dir)
+  # An export reads and takes no lock; a run still training there is
+  # exported as of its newest checkpoint.
+  holder = run_lock.live_holder(model_dir)
+  if holder is not None:
+    logging.warning("%s is still being trained (%s); exporting its newest "
+                    "checkpoint", model_dir, holder.describe())
   if trained.mode not in ("retrain", "transfer"):
     raise ConfigError(
         f"{model_dir} holds a --mode={trained.mode} run; --mode=export exports "
