@@ -21,7 +21,7 @@ MNIST = SHARED_DATA / "mnist.npz"
 # the long files first, the short ones fill the end and both workers finish
 # together (alphabetical order left the longest ones for last).
 LONGEST_FIRST = ("test_scale_out.py", "test_search.py", "test_preemption.py",
-                 "test_search_loop.py", "test_jit_recompute.py", "test_retrain.py",
+                 "test_faults.py", "test_search_loop.py", "test_jit_recompute.py", "test_retrain.py",
                  "test_api.py", "test_study.py", "test_proxyless_search.py",
                  "test_hessian.py", "test_compress.py")
 

@@ -1,7 +1,8 @@
 """SIGTERM (a cloud scheduler's preemption notice) during a run: the current
 step ends, a checkpoint is written, one line is printed and the process
 exits with 42; the same command resumes and ends as an uninterrupted run.
-A search killed outright (SIGKILL) resumes from its last periodic
+A search killed outright (SIGKILL) in its warm-up, joint phase and update
+takes over the lock the killed run left, resumes from its last periodic
 checkpoint and ends the same way.
 (Retrain/transfer: test_scale_out.py preempts its one-process reference.)
 
@@ -57,6 +58,7 @@ def _preempt_then_resume(group, flags, model_dir, reference_dir):
   last = group.last_line("preempted")
   assert "Traceback" not in group.log("preempted")
   assert _checkpoints(model_dir / "checkpoints") == [1]  # after step 1 only
+  assert not (model_dir / ".lock").exists()   # given back on the way out
   group.start("resumed", *flags, f"--model_dir={model_dir}")
   assert group.wait("resumed", "reference") == [0, 0], group.log("resumed")[-3000:]
   assert "resumed from" in group.log("resumed")
@@ -82,24 +84,36 @@ def test_sigterm_or_sigkill_mid_search_resumes_to_the_same_genotype(group, tmp_p
   np.testing.assert_allclose(posterior_gammas(model_dir), posterior_gammas(reference),
                              rtol=1e-6)
 
-  # SIGKILL leaves no time to save: the run resumes from its last periodic
+  # SIGKILL leaves no time to save (and leaves the run's lock behind): the
+  # same command takes the lock over and resumes from the last periodic
   # checkpoint. A checkpoint after every step (not part of the run's
-  # configuration, so the reference still applies): warm-up steps are
-  # global steps 1-2, the joint phase 3-4, so ckpt-3 or ckpt-4 lies in or at
-  # the end of the joint phase, before the update.
+  # configuration, so the reference still applies): warm-up steps are global
+  # steps 1-2, the joint phase 3-4, then the update. Killed three times: in
+  # the warm-up (ckpt-1 or -2), in the joint phase (ckpt-3 or -4), and in
+  # the update (tracing its Hessian), each resumed by the next start.
   killed = tmp_path / "killed"
   flags = [f for f in SEARCH_FLAGS if not f.startswith("--checkpoint_every")]
   flags += ["--checkpoint_every=1", f"--model_dir={killed}"]
-  process = group.start("killed", *flags)
-  deadline = time.time() + 600
-  while _latest_checkpoint_number(killed) < 3:
-    assert process.poll() is None, group.log("killed")[-3000:]
-    assert time.time() < deadline, "no checkpoint in the joint phase in time"
-    time.sleep(0.1)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert _latest_checkpoint_number(killed) in (3, 4)
-  assert not (killed / "genotype.json").exists()
+  points = (("warmup", lambda: _latest_checkpoint_number(killed) >= 1, (1, 2)),
+            ("joint", lambda: _latest_checkpoint_number(killed) >= 3, (3, 4)),
+            ("update", lambda: "update phase: ggn Hessian" in group.log("update"),
+             (4,)))
+  for index, (name, reached, expected) in enumerate(points):
+    process = group.start(name, *flags)
+    deadline = time.time() + 600
+    while not reached():
+      assert process.poll() is None, group.log(name)[-3000:]
+      assert time.time() < deadline, f"the run did not reach the {name} in time"
+      time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert _latest_checkpoint_number(killed) in expected, name
+    assert not (killed / "genotype.json").exists()
+    assert (killed / ".lock").exists()
+    if index:
+      log = group.log(name)
+      assert "taking over the lock of a run that is gone" in log, log[-3000:]
+      assert "resumed from" in log
   group.start("killed_resumed", *flags)
   assert group.wait("killed_resumed") == [0], group.log("killed_resumed")[-3000:]
   assert "resumed from" in group.log("killed_resumed")
@@ -107,6 +121,7 @@ def test_sigterm_or_sigkill_mid_search_resumes_to_the_same_genotype(group, tmp_p
       reference / "genotype.json")
   np.testing.assert_allclose(posterior_gammas(killed), posterior_gammas(reference),
                              rtol=1e-6)
+  assert not (killed / ".lock").exists()
 
 
 def _user_cnn(path):
