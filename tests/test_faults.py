@@ -571,8 +571,8 @@ def test_a_stale_lock_is_taken_over_with_a_warning(reference, tmp_path, caplog):
   with caplog.at_level(logging.WARNING):
     api.search(model_dir=str(run), **SEARCH)
   assert _messages(caplog, "taking over") == [
-      f"--model_dir={run}: taking over the lock of a run that is gone "
-      f"({holder.describe()}: no such process runs on this host)"]
+      f"--model_dir={run}: taking over the lock of a run that is gone (no such "
+      f"process runs on this host); it was {holder.describe()}"]
   assert not (run / run_lock.LOCK_FILE).exists()
   _assert_same_search(run, reference)
 

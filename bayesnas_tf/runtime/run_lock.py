@@ -208,8 +208,8 @@ class RunLock:
             f"another --model_dir (its lock: {self.path})")
       if self._remove_stale(holder):
         logging.warning(
-            "--model_dir=%s: taking over the lock of a run that is gone (%s: "
-            "%s)", self.model_dir, holder.describe(), reason)
+            "--model_dir=%s: taking over the lock of a run that is gone (%s); "
+            "it was %s", self.model_dir, reason, holder.describe())
     raise ModelDirInUseError(
         f"--model_dir={self.model_dir}: could not take its lock {self.path} "
         "(other runs keep replacing it); pass another --model_dir")
