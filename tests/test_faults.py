@@ -449,6 +449,27 @@ def test_a_savedmodel_export_that_fails_touches_no_version(tmp_path, monkeypatch
   assert tree_digest(tmp_path) == before and first == str(tmp_path / "m" / "1")
 
 
+def test_a_write_failure_from_any_library_is_one_line_too(tmp_path, monkeypatch):
+  # modes.run's last resort: a full disk met by a file that no writer of
+  # ours wraps (a library's own) still ends as OutputWriteError, exit 74;
+  # other errors pass unchanged.
+  from bayesnas_tf import modes  # pylint: disable=g-import-not-at-top
+  config = api.make_config("search", dataset="digits", model_dir=str(tmp_path / "run"))
+  stray = tf.errors.ResourceExhaustedError(
+      None, None, f"{{{{function_node __wrapped__SaveV2}}}} /a/b.data; {NO_SPACE} [Op:SaveV2]")
+  for error, expected in ((_no_space("/a/c.json"), "/a/c.json"), (stray, "/a/b.data")):
+    def fail(config, flags_text, error=error):
+      raise error
+    monkeypatch.setitem(modes.MODES, "search", fail)
+    with pytest.raises(OutputWriteError) as raised:
+      modes.run(config)
+    assert str(raised.value) == f"cannot write {expected}: {NO_SPACE}; {RESUME_HINT}"
+  monkeypatch.setitem(modes.MODES, "search", lambda config, flags_text: 1 / 0)
+  with pytest.raises(ZeroDivisionError):
+    modes.run(config)
+  assert not (tmp_path / "run").exists()   # the lock and its folder are gone
+
+
 def _mount_small_tmpfs(folder, size):
   folder.mkdir()
   mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
