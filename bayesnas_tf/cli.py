@@ -91,10 +91,10 @@ flags.DEFINE_integer("max_eval_examples", None,
 
 # --- supernet -------------------------------------------------------------
 flags.DEFINE_string("search_space", None,
-                    "Cell DAG (bayesnas, darts) or, for the proxyless search of "
-                    "Sec. 6.2, a tree space in a PyramidNet (treecell_a, "
-                    "proxyless).")
-flags.DEFINE_integer("cells", None, "Number of cells.")
+                    "Cell DAG (bayesnas, darts), for the proxyless search of "
+                    "Sec. 6.2 a tree space in a PyramidNet (treecell_a, "
+                    "proxyless), or nb201 (the NAS-Bench-201 cell).")
+flags.DEFINE_integer("cells", None, "Number of cells (nb201: cells per stage).")
 flags.DEFINE_integer("channels", None, "Channels C of the first cells.")
 flags.DEFINE_list("primitives", None, "Candidate ops (default: all 7).")
 flags.DEFINE_integer("stem_multiplier", None, "Stem channels = multiplier * C.")
@@ -102,6 +102,14 @@ flags.DEFINE_integer("depth_blocks", None,
                      "Tree spaces: PyramidNet blocks per stage B (3B blocks).")
 flags.DEFINE_float("alpha", None, "Tree spaces: PyramidNet widening alpha.")
 flags.DEFINE_integer("start_planes", None, "Tree spaces: PyramidNet stem width.")
+flags.DEFINE_bool("bn_affine", None,
+                  "nb201: whether the searched conv ops' BNs learn a scale and "
+                  "an offset (default: no, as the benchmark's search cells).")
+flags.DEFINE_float("gate_init", None,
+                   "nb201: the op gates' w(0) (default 1/4, an edge starts as "
+                   "the mean of its four ops; the paper's 1 overflows the "
+                   "15-cell supernet). The prune threshold is read in units "
+                   "of it.")
 
 # --- search ---------------------------------------------------------------
 flags.DEFINE_float("lambda_child", None, "lambda_w^o of the op gates (eq. 21).")
@@ -130,6 +138,15 @@ flags.DEFINE_enum("init", None, list(config_lib.INITS),
 flags.DEFINE_float("prune_threshold", None,
                    "Prune when gamma <= this (default 1/(2 pi e)).")
 flags.DEFINE_float("grad_clip", None, "Global-norm clip of weight gradients (0 = off).")
+flags.DEFINE_enum("op_score", None, list(config_lib.OP_SCORES),
+                  "nb201: the posterior score that picks one kept op per edge: "
+                  "gamma (the prior variance of eq. 8), snr (sum w^2 / C: the "
+                  "gates' distance from zero in posterior standard "
+                  "deviations) or w (the gate norm).")
+flags.DEFINE_string("benchmark_table", None,
+                    "A CSV with an 'arch' column and an accuracy column (e.g. "
+                    "NAS-Bench-201's): a finished search looks its cell up and "
+                    "reports the accuracy and percentile.")
 
 # --- retrain / transfer ----------------------------------------------------
 flags.DEFINE_string("genotype", None,

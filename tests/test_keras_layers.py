@@ -29,6 +29,9 @@ from bayesnas_tf.spaces.tree.genotype import PyramidBackbone
 from bayesnas_tf.spaces.tree.genotype import TreeGenotype
 from bayesnas_tf.spaces.tree.space import TREECELL_A
 
+NB201_RESNET = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+"
+                "|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|")
+
 SUBSET = ("sep3", "dil3", "max", "avg", "id")
 CELL = [[["sep3", "in0"], ["max", "in1"]], [["id", "in0"], ["dil3", "n0"]]]
 REDUCE_SPEC = {"num_nodes": BAYESNAS_SPACE.reduce.num_nodes,
@@ -47,7 +50,8 @@ def _case(name, init_kwargs, input_shape, output_shape, **extra):
 # CI).
 CASES = {
     # nn/
-    "BatchNorm": [_case("batch_norm", {}, (2, 4, 4, 3), (2, 4, 4, 3))],
+    "BatchNorm": [_case(f"batch_norm_{a}", {"affine": a}, (2, 4, 4, 3),
+                        (2, 4, 4, 3)) for a in (True, False)],
     # layers/
     "MixedOp": [_case(
         f"mixed_op_s{s}", {"channels": 4, "stride": s, "primitives": SUBSET},
@@ -126,6 +130,24 @@ CASES = {
                                   "depth_blocks": 1, "alpha": 0.0,
                                   "start_planes": 2},
         (2, 4, 4, 3), (2, 3), **NO_TRAINING)],
+    # spaces/nb201/
+    "ReLUConvBN": [_case(f"relu_conv_bn_k{k}s{s}", {"channels": 6, "kernel_size": k,
+                                                  "stride": s, "affine": s == 1},
+                         (2, 8, 8, 4), (2, 8 // s, 8 // s, 6))
+                   for k, s in ((1, 1), (3, 1), (3, 2))],
+    "NB201SearchCell": [_case("nb201_search_cell", {"channels": 4},
+                              (2, 8, 8, 4), (2, 8, 8, 4))],
+    "NB201Cell": [_case("nb201_cell", {"genotype": NB201_RESNET, "channels": 4},
+                        (2, 8, 8, 4), (2, 8, 8, 4))],
+    "NB201ResidualBlock": [_case("nb201_residual_block", {"channels": 6},
+                                 (2, 8, 8, 3), (2, 4, 4, 6))],
+    "NB201SuperNet": [_case("nb201_supernet", {"num_classes": 3,
+                                               "cells_per_stage": 1, "channels": 2},
+                            (2, 8, 8, 3), (2, 3), **NO_TRAINING)],
+    "NB201Network": [_case("nb201_network", {"genotype": NB201_RESNET,
+                                             "num_classes": 3,
+                                             "cells_per_stage": 1, "channels": 2},
+                           (2, 8, 8, 3), (2, 3), **NO_TRAINING)],
 }
 
 

@@ -35,6 +35,7 @@ from bayesnas_tf.config.runtime import STRATEGIES
 from bayesnas_tf.config.search import DEPENDENCIES
 from bayesnas_tf.config.search import HESSIAN_METHODS
 from bayesnas_tf.config.search import INITS
+from bayesnas_tf.config.search import OP_SCORES
 from bayesnas_tf.config.search import PRUNE_THRESHOLD
 from bayesnas_tf.config.search import SearchConfig
 from bayesnas_tf.config.search import SupernetConfig
@@ -49,7 +50,7 @@ from bayesnas_tf.errors import ConfigError
 __all__ = [
     "COMPRESS_ARCHITECTURES", "COMPRESS_HESSIAN_METHODS", "CONFIG_SCHEMA_VERSION",
     "DATASET_DEFAULTS", "DEPENDENCIES", "DROP_PATHS", "DTYPE_POLICIES",
-    "GROUPINGS", "HESSIAN_METHODS", "INITS", "LR_SCHEDULES", "MODES",
+    "GROUPINGS", "HESSIAN_METHODS", "INITS", "LR_SCHEDULES", "MODES", "OP_SCORES",
     "MODE_SECTIONS", "PRUNE_THRESHOLD", "SECTIONS", "STRATEGIES", "VARIANTS",
     "CompressConfig", "ConfigError", "DataConfig", "ExperimentConfig",
     "ExportConfig", "RuntimeConfig", "SearchConfig", "StudyConfig",

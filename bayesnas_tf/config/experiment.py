@@ -22,7 +22,7 @@ from bayesnas_tf.config.search import SupernetConfig
 from bayesnas_tf.config.study import StudyConfig
 from bayesnas_tf.config.train import ExportConfig
 from bayesnas_tf.config.train import TrainConfig
-from bayesnas_tf.errors import ConfigError
+from bayesnas_tf.errors import BayesNASError, ConfigError
 from bayesnas_tf.spaces import registry
 
 MODES = ("search", "retrain", "transfer", "compress", "export", "study")
@@ -194,6 +194,27 @@ DATASET_DEFAULTS: Dict[Tuple[str, str], Dict[str, Any]] = {
 }
 
 
+def _family_defaults(mode: str, given: Mapping[str, Any],
+                     config: ExperimentConfig) -> Mapping[str, Any]:
+  """What the family of the run brings as defaults (`mode_defaults`): that of
+  --search_space for a search or study, that of --genotype for a retrain
+  (e.g. an NB201 cell trains in the benchmark's network with its recipe).
+  An unknown space or an unreadable genotype brings nothing: the sections'
+  checks and the mode report those with their own messages."""
+  try:
+    if mode in ("search", "study"):
+      family = registry.get_family(
+          given.get("search_space", config.supernet.search_space))
+    elif mode in ("retrain", "transfer"):
+      family = registry.family_of(registry.resolve_genotype(
+          given.get("genotype", config.train.genotype)))
+    else:
+      return {}
+  except BayesNASError:
+    return {}
+  return family.mode_defaults(mode)
+
+
 def option_names() -> Tuple[str, ...]:
   """Every field of every section: the names of the flags of main.py and of
   the keyword arguments of `bayesnas_tf.api` that set them."""
@@ -270,7 +291,8 @@ def config_from_values(mode: str, values: Mapping[str, Any],
   given = {name: value for name, value in values.items() if value is not None}
   dataset = given.get("dataset", config.data.dataset)
   layered = dict(given) if base is not None else {
-      **DATASET_DEFAULTS.get((mode, dataset), {}), **given}
+      **DATASET_DEFAULTS.get((mode, dataset), {}),
+      **_family_defaults(mode, given, config), **given}
   sections = {}
   for section in SECTIONS:
     current = getattr(config, section)

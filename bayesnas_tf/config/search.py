@@ -16,6 +16,8 @@ from bayesnas_tf.spaces import registry
 HESSIAN_METHODS = ("ggn", "ggn_mc", "exact", "diag_backprop")
 DEPENDENCIES = ("paper", "official")
 INITS = ("paper", "official")
+# How one op per edge is chosen where a space needs it (spaces/nb201/derive.py).
+OP_SCORES = ("gamma", "snr", "w")
 # The paper's prune threshold: an op is pruned when the entropy of its prior,
 # 1/2 ln(2 pi e gamma), is not positive (Sec. 5.3), i.e. gamma <= 1/(2 pi e).
 PRUNE_THRESHOLD = 1.0 / (2.0 * math.pi * math.e)
@@ -33,6 +35,17 @@ class SupernetConfig:
   PROXYLESS.md) the supernet is a bottleneck PyramidNet of 3 x depth_blocks
   blocks widened by alpha from start_planes; cells/channels/primitives/
   stem_multiplier then play no part.
+
+  For `nb201` (the NAS-Bench-201 cell in the benchmark's network, NB201.md)
+  `cells` counts the cells per stage (the benchmark: 5) and `channels` is C
+  (16); every edge carries the benchmark's four ops, so primitives/
+  stem_multiplier play no part. `bn_affine`: whether the searched conv ops'
+  BNs learn a scale and an offset (the benchmark's and DARTS's search cells
+  do not: an affine BN rescales an op's output behind its gate's back).
+  `gate_init`: nb201's w(0) (None: 1/4, an edge starts as the mean of its
+  ops; spaces/nb201/network.py says why the paper's 1 overflows there).
+  Both are None (the space's default) unless set; the other spaces refuse
+  them.
   """
   search_space: str = DEFAULT_SEARCH_SPACE
   cells: int = 8
@@ -42,14 +55,13 @@ class SupernetConfig:
   depth_blocks: int = 18
   alpha: float = 84.0
   start_planes: int = 16
+  bn_affine: Optional[bool] = None
+  gate_init: Optional[float] = None
 
   def validate(self) -> None:
     # An unknown --search_space is answered with the valid ones.
     family = registry.get_family(self.search_space)
-    if self.cells < 3:
-      raise ConfigError(
-          f"--cells must be at least 3 (one normal and two reduction cells); "
-          f"received cells={self.cells}")
+    check_positive("cells", self.cells)
     check_positive("channels", self.channels)
     check_positive("stem_multiplier", self.stem_multiplier)
     # What the family builds from the rest (DAG cells: --primitives; trees:
@@ -76,8 +88,15 @@ class SearchConfig:
     hessian_batches: batches the Hessian is averaged over.
     dependency: "paper" (eq. 8 with predecessors) or "official".
     init: "paper" (gamma = omega = 1) or "official" (U(0, 1)).
-    prune_threshold: prune when gamma <= this (default 1/(2 pi e)).
+    prune_threshold: prune when gamma <= this (default 1/(2 pi e)), for
+      gates measured in units of their initial value w(0): the search
+      applies threshold x w(0) (nb201's gates start at 1/4).
     grad_clip: global-norm clip of the weight gradients (0 = off).
+    op_score: nb201 (one op per edge): the posterior score that picks the
+      kept op of an edge, "gamma", "snr" or "w" (spaces/nb201/derive.py).
+    benchmark_table: a CSV with an `arch` column and an accuracy column
+      (e.g. NAS-Bench-201's); a finished search looks its cell up there
+      (search/benchmark_table.py).
   """
   lambda_child: float = 0.01
   lambda_origin: Optional[float] = None
@@ -96,6 +115,8 @@ class SearchConfig:
   init: str = "paper"
   prune_threshold: float = PRUNE_THRESHOLD
   grad_clip: float = 0.0
+  op_score: str = "gamma"
+  benchmark_table: Optional[str] = None
 
   @property
   def effective_lambda_origin(self) -> float:
@@ -128,3 +149,6 @@ class SearchConfig:
     check_choice("init", self.init, INITS)
     check_positive("prune_threshold", self.prune_threshold)
     check_positive("grad_clip", self.grad_clip, allow_zero=True)
+    check_choice("op_score", self.op_score, OP_SCORES)
+    if self.benchmark_table is not None and not self.benchmark_table:
+      raise ConfigError("--benchmark_table must name a CSV file (or be unset)")

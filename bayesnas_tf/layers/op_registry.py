@@ -25,6 +25,8 @@ NameCheck = Callable[[Sequence[str]], Tuple[str, ...]]
 # Op set -> the module that registers it when imported.
 _OP_SET_MODULES: Dict[str, str] = {
     "darts": "bayesnas_tf.spaces.dag.ops",
+    "nb201": "bayesnas_tf.spaces.nb201.ops",
+    "nb201_noaffine": "bayesnas_tf.spaces.nb201.ops",
 }
 
 

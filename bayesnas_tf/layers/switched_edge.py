@@ -3,7 +3,9 @@
 output = sum_o mask_o w_o op_o(mask_all w_all x)
 
 `w` (one gate per op) and `w_all` (the edge gate, the paper's i -> i' identity
-of Sec. 4.2, "zero operation ruling all") are trained by SGD; both start at 1.
+of Sec. 4.2, "zero operation ruling all") are trained by SGD; `w_all` starts
+at 1 and `w` at `gate_init` (Algorithm 1's w(0) = 1, unless a space starts
+its edges as the mean of their ops: spaces/nb201/network.py).
 The non-trainable `mask` has one entry per op plus a last one for `w_all`; a
 pruned gate's mask is 0 and its op is not computed at all.
 """
@@ -30,6 +32,7 @@ class SwitchedEdge(keras.layers.Layer):
     stride: 1, or 2 for edges leaving a cell input of a reduction cell.
     primitives: op names of the op set, in gate order (default: all).
     op_set: the registered op set of the ops (see `MixedOp`).
+    gate_init: the initial value of the op gates `w` (w(0); the paper: 1).
 
   `call(x, gate_offsets=None)`: `gate_offsets`, of shape (batch, num_ops + 1),
   is added to the gates per example. The Hessian estimators differentiate
@@ -39,8 +42,11 @@ class SwitchedEdge(keras.layers.Layer):
 
   def __init__(self, channels: int, stride: int = 1,
                primitives: Optional[Sequence[str]] = None,
-               op_set: str = "darts", **kwargs):
+               op_set: str = "darts", gate_init: float = 1.0, **kwargs):
     super().__init__(**kwargs)
+    if not gate_init > 0:
+      raise ValueError(f"`gate_init` must be > 0. Received: gate_init={gate_init!r}.")
+    self.gate_init = float(gate_init)
     self.channels = channels
     self.stride = stride
     self.op_set = op_set
@@ -56,7 +62,8 @@ class SwitchedEdge(keras.layers.Layer):
 
   def build(self, input_shape):
     self.w = self.add_weight(
-        name="w", shape=(self.num_ops,), initializer="ones", trainable=True)
+        name="w", shape=(self.num_ops,),
+        initializer=keras.initializers.Constant(self.gate_init), trainable=True)
     self.w_all = self.add_weight(
         name="w_all", shape=(), initializer="ones", trainable=True)
     self.mask = self.add_weight(
@@ -112,5 +119,6 @@ class SwitchedEdge(keras.layers.Layer):
   def get_config(self):
     config = super().get_config()
     config.update({"channels": self.channels, "stride": self.stride,
-                   "primitives": list(self.primitives), "op_set": self.op_set})
+                   "primitives": list(self.primitives), "op_set": self.op_set,
+                   "gate_init": self.gate_init})
     return config

@@ -110,12 +110,13 @@ def warm_start_cells(model: keras.Model, source_dir: str) -> int:
 def default_model_name(config: ExperimentConfig) -> str:
   if config.export.model_name:
     return config.export.model_name
-  # A built-in genotype names its folder.
+  # A built-in genotype names its folder; another takes its family's name.
   for family in registry.families():
     name = family.default_model_name(config.train.genotype)
     if name:
       return name
-  return "bayesnas"
+  return registry.family_of(
+      registry.resolve_genotype(config.train.genotype)).export_name
 
 
 def run_training(config: ExperimentConfig, flags_text: str = ""):

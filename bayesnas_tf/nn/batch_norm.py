@@ -69,9 +69,13 @@ class BatchNorm(keras.layers.Layer):
   Args:
     momentum: moving average decay (Keras convention; PyTorch 0.1 -> 0.9).
     epsilon: variance epsilon (PyTorch default 1e-5).
+    affine: learn a scale and an offset per channel (PyTorch `affine`);
+      without them the output is the plain normalised input (the
+      NAS-Bench-201 and DARTS search cells' BNs).
   """
 
-  def __init__(self, momentum: float = 0.9, epsilon: float = 1e-5, **kwargs):
+  def __init__(self, momentum: float = 0.9, epsilon: float = 1e-5,
+               affine: bool = True, **kwargs):
     super().__init__(**kwargs)
     if not 0.0 <= momentum < 1.0:
       raise ValueError(
@@ -80,6 +84,7 @@ class BatchNorm(keras.layers.Layer):
       raise ValueError(f"`epsilon` must be > 0. Received: epsilon={epsilon!r}.")
     self.momentum = float(momentum)
     self.epsilon = float(epsilon)
+    self.affine = bool(affine)
 
   def build(self, input_shape):
     channels = input_shape[-1]
@@ -88,10 +93,12 @@ class BatchNorm(keras.layers.Layer):
           f"BatchNorm needs a known channel count. Received: "
           f"input_shape={tuple(input_shape)}.")
     shape = (int(channels),)
-    self.gamma = self.add_weight(name="gamma", shape=shape, initializer="ones",
-                                 autocast=False)
-    self.beta = self.add_weight(name="beta", shape=shape, initializer="zeros",
-                                autocast=False)
+    self.gamma = self.beta = None
+    if self.affine:
+      self.gamma = self.add_weight(name="gamma", shape=shape,
+                                   initializer="ones", autocast=False)
+      self.beta = self.add_weight(name="beta", shape=shape,
+                                  initializer="zeros", autocast=False)
     # Moving statistics are identical on every replica (global-batch
     # statistics), so replica-context updates keep the first replica's value.
     self.moving_mean = self.add_weight(
@@ -110,8 +117,12 @@ class BatchNorm(keras.layers.Layer):
     upcast = bfloat16_on_cpu(x)
     if upcast:
       x = tf.cast(x, tf.float32)
-    gamma = tf.cast(self.gamma.value, tf.float32)
-    beta = tf.cast(self.beta.value, tf.float32)
+    if self.affine:
+      gamma = tf.cast(self.gamma.value, tf.float32)
+      beta = tf.cast(self.beta.value, tf.float32)
+    else:
+      gamma = tf.ones(self.moving_mean.shape, tf.float32)
+      beta = tf.zeros(self.moving_mean.shape, tf.float32)
     # The fused kernel has no float64 version (float64 is used by the
     # finite-difference checks of the Hessian tests).
     unfused = x.dtype == tf.float64
@@ -172,5 +183,6 @@ class BatchNorm(keras.layers.Layer):
 
   def get_config(self):
     config = super().get_config()
-    config.update({"momentum": self.momentum, "epsilon": self.epsilon})
+    config.update({"momentum": self.momentum, "epsilon": self.epsilon,
+                   "affine": self.affine})
     return config

@@ -27,6 +27,8 @@ RESULT_SCHEMA_VERSION = 1
 
 def _json_value(value) -> Any:
   """`value` in JSON form, or None for what has none (e.g. a Keras model)."""
+  if hasattr(value, "result_json"):  # A genotype with a shorter form (nb201).
+    return value.result_json()
   if hasattr(value, "to_dict"):  # The genotype of any search-space family.
     return value.to_dict()
   try:

@@ -74,6 +74,9 @@ class SearchResult:
   ops: Dict[str, Dict[str, int]] = dataclasses.field(default_factory=dict)
   # search/diagnostics.py: why the result may mean little (empty: fine).
   warnings: Tuple[str, ...] = ()
+  # --benchmark_table: the found cell's accuracy and percentile in the table
+  # (search/benchmark_table.py), or {"table", "error"}; None without one.
+  benchmark: Optional[Dict[str, Any]] = None
 
 
 class SearchState(tf.Module):
@@ -139,6 +142,12 @@ class BayesNASSearch:
     }
     self.mean, self.std = dataset.mean, dataset.std
     self.lambdas = self.backend.gate_lambdas()
+    # The entropy rule prunes gamma <= 1/(2 pi e) for gates that start at
+    # the paper's w(0) = 1. Gates that start at another w(0) (nb201: 1/4)
+    # are measured in units of it: s ~ RMS(w) scales with w(0)
+    # (ALGORITHM.md 3.5), and a fixed threshold would prune 1/w(0) times
+    # harder. So the rule reads gamma <= w(0) / (2 pi e).
+    self.prune_threshold = search.prune_threshold * self.backend.gate_init
     self.accuracy_before_update: Optional[float] = None
     self.warnings: Tuple[str, ...] = ()
     self._build()
@@ -438,10 +447,18 @@ class BayesNASSearch:
     # The Hessian is a sum over one batch, averaged over the batches.
     hessian_by_type = self.net.stack_by_type(
         [tf.cast(h, tf.float64) / batches for h in totals])
+    if not all(np.all(np.isfinite(h.numpy())) for h in hessian_by_type.values()):
+      # The prior would prune every gate whose gamma is NaN: say so instead.
+      raise TrainingDivergedError(
+          f"the gate Hessian of iteration {iteration + 1} is not finite: the "
+          "supernet's activations overflowed in inference mode; lower "
+          "--learning_rate / --arch_learning_rate (nb201: or --gate_init) "
+          f"and start a new --model_dir ({self.model_dir} keeps its last "
+          "good checkpoint)")
     gates_by_type = self.net.gates_by_type()
     results = self.prior.update(
         gates_by_type, hessian_by_type, self.lambdas, self.predecessors,
-        search.dependency, search.prune_threshold)
+        search.dependency, self.prune_threshold)
     masks = self.prior.kept_masks()
     self.net.set_masks({t: m.astype(np.float32) for t, m in masks.items()})
     self._step_fns.clear()  # Re-trace without the pruned ops.
@@ -486,16 +503,21 @@ class BayesNASSearch:
   def _reset_gates(self) -> None:
     """Algorithm 1 step 5: "fix w = 1, train the pruned net".
 
-    Before the next iteration every surviving gate restarts at 1 (pruned
-    ones stay masked, so their effective gate stays 0) and the gates' SGD
+    Before the next iteration every surviving gate restarts at w(0) (1, or
+    the space's own start, e.g. nb201's 1/4; edge gates at 1; pruned ones
+    stay masked, so their effective gate stays 0) and the gates' SGD
     momentum is cleared: the next warm-up trains the weights of the pruned
-    net at w = 1, and its joint phase shrinks the gates from 1 again. After
+    net at w = w(0), and its joint phase shrinks the gates from there. After
     the last update the gates are left as trained, so the reported accuracy
     is that of the trained, pruned supernet (the derived network of
     --mode=retrain has w = 1 by construction).
     """
-    for variable in self.net.arch_variables:
-      variable.assign(tf.ones_like(variable))
+    for cell in self.net.cells:
+      for edge in cell.edges:
+        for variable in edge.gate_variables:
+          start = 1.0 if variable is getattr(edge, "w_all", None) else (
+              getattr(edge, "gate_init", 1.0))
+          variable.assign(tf.fill(variable.shape, start))
     for velocity in self.arch_optimizer.momentums:
       velocity.assign(tf.zeros_like(velocity))
 
@@ -531,7 +553,8 @@ class BayesNASSearch:
     return {
         "schema_version": POSTERIOR_SCHEMA_VERSION,
         "updates": int(self.prior.updates.numpy()),
-        "threshold": cfg.search.prune_threshold,
+        "threshold": self.prune_threshold,
+        "gate_init": self.backend.gate_init,
         "dependency": cfg.search.dependency,
         "init": cfg.search.init,
         "hessian": {
@@ -575,7 +598,7 @@ class BayesNASSearch:
         "hessian_batches": cfg.search.hessian_batches,
         "dependency": cfg.search.dependency, "init": cfg.search.init,
         "iterations": int(self.prior.updates.numpy()),
-        "prune_threshold": cfg.search.prune_threshold,
+        "prune_threshold": self.prune_threshold,
         "dataset": cfg.data.dataset, "search_space": cfg.supernet.search_space,
         **self.backend.metadata(),
     }

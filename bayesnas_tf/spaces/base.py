@@ -44,6 +44,10 @@ class SearchSpaceFamily:
     supported_hessians: the `--hessian` estimators its supernets support.
     primitives: the op names `--primitives` chooses from (() when the
       family has no such choice).
+    export_name: the SavedModel folder of a genotype that is not a
+      built-in (a built-in names its own folder).
+    benchmark: the benchmark whose tables list this family's cells (its
+      genotypes have a `benchmark_key`), or None.
   """
 
   name: str = ""
@@ -54,6 +58,8 @@ class SearchSpaceFamily:
   builtins: Mapping[str, Any] = {}
   supported_hessians: Tuple[str, ...] = ()
   primitives: Tuple[str, ...] = ()
+  export_name: str = "bayesnas"
+  benchmark: Optional[str] = None
 
   # --- flags, configurations, genotypes (TensorFlow-free) -------------------
   def check_supernet(self, supernet: "SupernetConfig") -> None:
@@ -85,6 +91,17 @@ class SearchSpaceFamily:
     """A genotype from a family-specific string form, or None."""
     del text
     return None
+
+  def mode_defaults(self, mode: str) -> Mapping[str, Any]:
+    """{option: value} this family brings as defaults of `mode` (a search
+    or study of one of its spaces, a retrain of one of its genotypes); any
+    flag overrides them (config.experiment.config_from_values)."""
+    del mode
+    return {}
+
+  def benchmark_key(self, genotype) -> str:
+    """The genotype's key (`arch`) in a table of `benchmark`."""
+    raise NotImplementedError
 
   # --- the search -------------------------------------------------------------
   def search_backend(self, config: "ExperimentConfig") -> "SearchBackend":
@@ -153,6 +170,23 @@ class SearchBackend:
 
   space: Any = None
   gate_names: Tuple[str, ...] = ()
+  # Algorithm 1's w(0): the op gates' initial value (the prune threshold is
+  # read in units of it, search_loop.py).
+  gate_init: float = 1.0
+
+
+# Supernet options that only some families read (None: unset).
+GATE_AND_BN_OPTIONS = ("bn_affine", "gate_init")
+
+
+def refuse_unset_options(supernet: "SupernetConfig", names: Sequence[str],
+                         family: str) -> None:
+  """A family that does not read an option refuses it rather than ignore it."""
+  for name in names:
+    if getattr(supernet, name) is not None:
+      raise ConfigError(
+          f"--{name} does not apply to --search_space={supernet.search_space} "
+          f"(the {family} family keeps the paper's affine BNs and w(0) = 1)")
 
 
 def op_and_edge_lambdas(num_ops: int, lambda_child: float,

@@ -23,6 +23,7 @@ from bayesnas_tf.spaces.base import SearchSpaceFamily
 FAMILY_MODULES: Tuple[str, ...] = (
     "bayesnas_tf.spaces.dag.family",
     "bayesnas_tf.spaces.tree.family",
+    "bayesnas_tf.spaces.nb201.family",
 )
 
 GENOTYPE_FILENAME = "genotype.json"

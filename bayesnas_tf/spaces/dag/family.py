@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.spaces import base
 from bayesnas_tf.spaces.dag import sampling
 from bayesnas_tf.spaces.dag import visualize
@@ -92,6 +93,11 @@ class DagFamily(base.SearchSpaceFamily):
   primitives = PRIMITIVES
 
   def check_supernet(self, supernet: "SupernetConfig") -> None:
+    base.refuse_unset_options(supernet, base.GATE_AND_BN_OPTIONS, self.name)
+    if supernet.cells < 3:
+      raise ConfigError(
+          f"--cells must be at least 3 (one normal and two reduction cells); "
+          f"received cells={supernet.cells}")
     check_primitives(supernet.primitives)
 
   def pictures(self, genotype: Genotype) -> Tuple[Dict[str, bytes], Optional[str]]:

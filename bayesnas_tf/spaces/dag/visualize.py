@@ -9,7 +9,6 @@ and the `dot` program; without them the PNGs are skipped with one log line.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import List
 
 from absl import logging
@@ -17,6 +16,7 @@ from absl import logging
 from bayesnas_tf.io_utils import atomic_write_bytes
 from bayesnas_tf.io_utils import atomic_write_text
 from bayesnas_tf.spaces.dag.genotype import CELL_TYPES, Genotype
+from bayesnas_tf.spaces.pictures import png_skip_reason, render_png
 
 # Labels follow the paper's notation: in0 is the output of cell k-1 and in1
 # that of cell k-2 (ALGORITHM.md 1.2); the cell output concatenates all nodes.
@@ -55,25 +55,6 @@ def genotype_to_dot(genotype: Genotype, cell_type: str) -> str:
     lines.append(f"  n{j} -> out;")
   lines.append("}")
   return "\n".join(lines) + "\n"
-
-
-def png_skip_reason() -> str | None:
-  """Why PNGs cannot be rendered here, or None when they can."""
-  try:
-    import graphviz  # pylint: disable=import-outside-toplevel,unused-import
-  except ImportError:
-    return ("the graphviz Python package is not installed "
-            "(pip install bayesnas_tf[viz])")
-  if shutil.which("dot") is None:
-    return ("the Graphviz `dot` program is not on PATH "
-            "(install Graphviz, e.g. apt-get install graphviz)")
-  return None
-
-
-def render_png(dot_text: str) -> bytes:
-  """PNG bytes of DOT text, rendered by Graphviz (see `png_skip_reason`)."""
-  import graphviz  # pylint: disable=import-outside-toplevel
-  return graphviz.Source(dot_text).pipe(format="png")
 
 
 def write_cell_pictures(genotype: Genotype,

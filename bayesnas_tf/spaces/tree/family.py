@@ -107,6 +107,7 @@ class TreeFamily(base.SearchSpaceFamily):
   supported_hessians = TREE_HESSIAN_METHODS
 
   def check_supernet(self, supernet: "SupernetConfig") -> None:
+    base.refuse_unset_options(supernet, base.GATE_AND_BN_OPTIONS, self.name)
     alpha = supernet.alpha
     if not alpha >= 0 or (isinstance(alpha, float) and not math.isfinite(alpha)):
       raise ConfigError(f"--alpha must be >= 0; received alpha={alpha!r}")
