@@ -17,6 +17,7 @@ Variants (--variants, comma-separated; `name=FLAGS` adds your own, flags
 separated by spaces):
 """
 
+import csv
 import json
 import os
 import shlex
@@ -27,6 +28,7 @@ import time
 
 from absl import app
 from absl import flags
+import numpy as np
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
@@ -46,14 +48,18 @@ flags.DEFINE_string("extra", "", "Flags added to every search.")
 FLAGS = flags.FLAGS
 
 # name -> the flags that make the variant (on top of --search_space=nb201's
-# defaults). `paper` is the paper's search (ALGORITHM.md 3: a 10% warm-up,
-# one joint epoch, one update, the prior variance gamma as the op score)
-# at the gate scale the 15-cell supernet needs (w(0) = 1/4; 1 overflows).
+# defaults, spaces/nb201/family.py SEARCH_DEFAULTS). `paper` is the paper's
+# search (ALGORITHM.md 3: a 10% warm-up, one joint epoch, one update, the
+# prior variance gamma as the op score) at the gate scale the 15-cell
+# supernet needs (w(0) = 1/4; 1 overflows). The others change one setting.
 VARIANTS = {
     "default": "",
     "paper": "--flagfile=" + os.path.join(ROOT, "flags", "search_nb201_paper.flags"),
+    "short_warmup": "--warmup_fraction=0.1 --warmup_epochs=1",
+    "hessian_batches_8": "--hessian_batches=8",
+    "bn_affine": "--bn_affine",
     "ggn_mc": "--hessian=ggn_mc",
-    "exact_hessian_batches_1": "--hessian_batches=1",
+    "exact": "--hessian=exact",
 }
 
 SMALL = ("--cells=1 --channels=4 --max_train_examples=1000 "
@@ -75,6 +81,40 @@ ANCHORS = (
     ("DrNAS", "94.36"),
     ("best cell in the space", "94.37"),
 )
+
+
+def rederived(model_dir: str, table: dict) -> dict:
+  """op score -> (cell, table accuracy) derived from the run's own
+  posterior.json and kept masks: the op-score ablation at no extra search."""
+  sys.path.insert(0, ROOT)
+  from bayesnas_tf.spaces.nb201 import derive, space  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(model_dir, "posterior.json")) as f:
+    groups = json.load(f)["groups"]
+  gates = space.OPS + ("all",)
+  edges = [f"{i}->{j}" for i, j in space.EDGES]
+  n = len(groups[0]["w"])
+  arrays = {"gamma": np.zeros((len(edges), len(gates))),
+            "w": np.zeros((n, len(edges), len(gates))),
+            "covariance": np.zeros((n, len(edges), len(gates)))}
+  kept = np.zeros((len(edges), len(gates)), bool)
+  for group in groups:
+    e, g = edges.index(group["edge"]), gates.index(group["gate"])
+    arrays["gamma"][e, g] = group["gamma"]
+    arrays["w"][:, e, g] = group["w"]
+    arrays["covariance"][:, e, g] = group["C"]
+    kept[e, g] = bool(group["kept"])
+  out = {}
+  for score in derive.OP_SCORES:
+    cell = derive.derive_nb201_genotype(kept, derive.op_scores(arrays, score)).arch
+    out[score] = (cell, table.get(cell))
+  return out
+
+
+def load_table(path: str) -> dict:
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+  column = next(c for c in rows[0] if c != "arch")
+  return {row["arch"]: float(row[column]) for row in rows}
 
 
 def variant_flags(name: str) -> list:
@@ -116,7 +156,9 @@ def run_search(name: str, extra: list, seed: int) -> dict:
 
 def main(argv):
   del argv
+  accuracy_of = load_table(FLAGS.table)
   table = {}
+  scores = {}
   for spec in FLAGS.variants:
     name, extra = variant_flags(spec)
     rows = []
@@ -131,6 +173,10 @@ def main(argv):
             f"{_fmt(row[2], '6.2f')}  pct {_fmt(row[3], '7.3f')}  "
             f"{_fmt(row[4], '6.0f')} s" + (f"  ({row[5]})" if row[5] else ""),
             flush=True)
+      if row[1]:
+        for score, (cell, accuracy) in rederived(
+            os.path.join(FLAGS.out_dir, name, f"seed{seed}"), accuracy_of).items():
+          scores.setdefault(f"{name}, op_score={score}", []).append(accuracy)
     table[name] = rows
   print()
   print(f"{'variant':24s} {'seeds':>5}  {'table accuracy':>16}  {'percentile':>16}  "
@@ -141,6 +187,12 @@ def main(argv):
     walls = [r[4] for r in rows if r[4] is not None]
     print(f"{name:24s} {len(accuracies):5d}  {_mean_std(accuracies, 2):>16}  "
           f"{_mean_std(percentiles, 2):>16}  {_mean_std(walls, 0):>16} s")
+  if scores:
+    print()
+    print("the same searches, each op score applied to their posteriors:")
+    for name, accuracies in scores.items():
+      print(f"  {name:36s} {_mean_std([a for a in accuracies if a is not None], 2):>16}"
+            f"   ({', '.join(_fmt(a, '.2f') for a in accuracies)})")
   print()
   print("anchors (../shared/NB201.md, CIFAR-10 test accuracy):")
   for method, figure in ANCHORS:

@@ -52,7 +52,7 @@ def test_search_writes_the_benchmark_string_and_looks_it_up(pipeline):
   saved = json.loads((search_dir / "genotype.json").read_text())
   assert saved["kind"] == "nb201"
   genotype = NB201Genotype.from_string(saved["arch"])
-  assert saved["search"]["op_score"] == "gamma"
+  assert saved["search"]["op_score"] == "snr"   # the family's default
   assert saved["search"]["cells_per_stage"] == 1
   summary = json.loads((search_dir / "result.json").read_text())
   assert summary["genotype"] == genotype.arch
@@ -149,3 +149,33 @@ def test_a_bad_genotype_string_is_one_clear_line():
   result = run_main("--mode=retrain", "--genotype=|nor_conv_3x3~0|+|none~0|",
                     "--summary_only")
   _assert_one_clear_line(result, "lists 3 nodes separated by '+'")
+
+
+def test_search_defaults_are_the_readme_recipe_and_the_paper_is_one_flag():
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf import api  # pylint: disable=g-import-not-at-top
+  from bayesnas_tf import cli  # pylint: disable=g-import-not-at-top
+
+  def recipe(config):
+    return (config.supernet.cells, config.supernet.channels, config.data.batch_size,
+            config.search.warmup_fraction, config.search.warmup_epochs,
+            config.search.search_epochs, config.search.op_score,
+            config.supernet.bn_affine, config.supernet.gate_init)
+
+  ours = api.make_config("search", search_space="nb201", dataset="digits")
+  assert recipe(ours) == (5, 16, 64, 0.5, 8, 3, "snr", None, None)
+  # A given flag beats the family's default; other families keep theirs.
+  given = api.make_config("search", search_space="nb201", dataset="digits",
+                          op_score="gamma", warmup_epochs=2, batch_size=16)
+  assert recipe(given)[2:7] == (16, 0.5, 2, 3, "gamma")
+  dag = api.make_config("search", dataset="digits")
+  assert (dag.search.op_score, dag.search.warmup_epochs) == ("gamma", 2)
+  flag_file = pathlib.Path(__file__).resolve().parents[1] / "flags" / "search_nb201_paper.flags"
+  try:
+    cli.FLAGS(["main.py", f"--flagfile={flag_file}"])
+    paper = cli.build_config()
+  finally:
+    cli.FLAGS.unparse_flags()
+  assert recipe(paper) == (5, 16, 18, 0.1, 1, 1, "gamma", True, None)
+  assert (paper.search.learning_rate, paper.search.hessian_batches,
+          paper.data.cutout) == (0.1, 1, 16)
