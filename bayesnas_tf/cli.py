@@ -142,7 +142,7 @@ flags.DEFINE_enum("op_score", None, list(config_lib.OP_SCORES),
                   "nb201: the posterior score that picks one kept op per edge: "
                   "gamma (the prior variance of eq. 8), snr (sum w^2 / C: the "
                   "gates' distance from zero in posterior standard "
-                  "deviations) or w (the gate norm).")
+                  "deviations; the nb201 default) or w (the gate norm).")
 flags.DEFINE_string("benchmark_table", None,
                     "A CSV with an 'arch' column and an accuracy column (e.g. "
                     "NAS-Bench-201's): a finished search looks its cell up and "

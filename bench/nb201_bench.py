@@ -134,11 +134,13 @@ def run_search(name: str, extra: list, seed: int) -> dict:
   if os.path.exists(result_path):
     with open(result_path) as f:
       return json.load(f)
-  args = [sys.executable, os.path.join(ROOT, "main.py"), "--mode=search",
-          "--search_space=nb201", f"--dataset={FLAGS.data}",
-          f"--benchmark_table={FLAGS.table}", f"--seed={seed}",
-          f"--model_dir={model_dir}", "--noprogress", "--log_every=100"]
-  args += extra + shlex.split(FLAGS.extra)
+  # The variant's flags (a flag file among them) first: the bench's own
+  # --model_dir, --seed and data come after them, so they win.
+  args = [sys.executable, os.path.join(ROOT, "main.py")] + extra
+  args += ["--mode=search", "--search_space=nb201", f"--dataset={FLAGS.data}",
+           f"--benchmark_table={FLAGS.table}", f"--seed={seed}",
+           f"--model_dir={model_dir}", "--noprogress", "--log_every=100"]
+  args += shlex.split(FLAGS.extra)
   if FLAGS.small:
     args += shlex.split(SMALL)
   os.makedirs(model_dir, exist_ok=True)

@@ -85,6 +85,25 @@ def start_main(*args, env=None):
       env=environment)
 
 
+def serve_without_project(version_dir, images, work_dir) -> np.ndarray:
+  """The probabilities a SavedModel's serving_default gives `images`, from a
+  process that cannot import bayesnas_tf (what TF Serving has)."""
+  work = pathlib.Path(work_dir)
+  inputs, outputs = work / "serve_inputs.npy", work / "serve_outputs.npy"
+  np.save(inputs, images)
+  code = ("import sys; sys.modules['bayesnas_tf'] = None\n"
+          "import numpy as np, tensorflow as tf\n"
+          "m = tf.saved_model.load(sys.argv[1])\n"
+          "out = m.signatures['serving_default'](images=tf.constant(np.load(sys.argv[2])))\n"
+          "np.save(sys.argv[3], out['probabilities'].numpy())\n")
+  served = subprocess.run(
+      [sys.executable, "-c", code, str(version_dir), str(inputs), str(outputs)],
+      capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert served.returncode == 0, served.stderr[-3000:]
+  return np.load(outputs)
+
+
 def posterior_gammas(model_dir) -> np.ndarray:
   """The gamma of every group in a finished search's posterior.json."""
   posterior = json.loads((pathlib.Path(model_dir) / "posterior.json").read_text())

@@ -3,9 +3,6 @@ slimming and the command line (ALGORITHM.md 7)."""
 
 import json
 import logging
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -16,7 +13,7 @@ from bayesnas_tf.compress import group_prior
 from bayesnas_tf.compress import structure
 from bayesnas_tf.compress.weight_hessian import kernel_hessian_diagonal
 from bayesnas_tf.compress import cnn_zoo
-from conftest import MNIST, requires_shared_data, run_main
+from conftest import MNIST, requires_shared_data, run_main, serve_without_project
 
 THRESHOLD = 1.0 / (2 * np.pi * np.e)
 
@@ -459,20 +456,11 @@ def test_compressed_model_serves_without_bayesnas(compressed_digits, tmp_path):
   assert version.is_dir()
   from bayesnas_tf.data import arrays as data_lib
   digits = data_lib.load_dataset("digits")
-  np.save(tmp_path / "x.npy", digits.x_test[:16])
-  code = ("import sys; sys.modules['bayesnas_tf'] = None\n"
-          "import numpy as np, tensorflow as tf\n"
-          "m = tf.saved_model.load(sys.argv[1])\n"
-          "out = m.signatures['serving_default'](images=tf.constant(np.load(sys.argv[2])))\n"
-          "np.save(sys.argv[3], out['probabilities'].numpy())\n")
-  served = subprocess.run([sys.executable, "-c", code, str(version), str(tmp_path / "x.npy"),
-                           str(tmp_path / "p.npy")], capture_output=True, text=True,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
-  assert served.returncode == 0, served.stderr[-2000:]
+  served = serve_without_project(version, digits.x_test[:16], tmp_path)
   slim = keras.saving.load_model(root / "run" / "slim_model.keras")
   x = (digits.x_test[:16].astype(np.float32) / 255.0 - digits.mean) / digits.std
   expected = tf.nn.softmax(slim(x, training=False)).numpy()
-  np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_rerun_resumes_from_the_last_round(compressed_digits, tmp_path):

@@ -3,9 +3,6 @@ per stage) that writes the benchmark string and looks it up, its retrain and
 export served without the project's code, --summary_only, and bad input."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +11,7 @@ from bayesnas_tf.config import PRUNE_THRESHOLD
 from bayesnas_tf.spaces.nb201.genotype import NB201Genotype, trainable_params
 from bayesnas_tf.spaces.registry import resolve_genotype
 from conftest import CIFAR_SUBSET, SHARED_DATA, requires_shared_data, run_main
+from conftest import serve_without_project
 
 TABLE = SHARED_DATA / "nb201_cifar10.csv"
 SEARCH_FLAGS = (
@@ -97,19 +95,9 @@ def test_retrain_and_export_the_found_cell(pipeline):
   assert config["train"]["drop_prob"] == 0.0
   assert config["train"]["cells"] == 1
   images = np.load(CIFAR_SUBSET)["x_test"][:4]
-  np.save(retrain_dir / "images.npy", images)
-  code = (
-      "import sys; sys.modules['bayesnas_tf'] = None\n"
-      "import numpy as np, tensorflow as tf\n"
-      f"m = tf.saved_model.load({str(version)!r})\n"
-      f"x = np.load({str(retrain_dir / 'images.npy')!r})\n"
-      "out = m.signatures['serving_default'](images=tf.constant(x))\n"
-      "p = out['probabilities'].numpy()\n"
-      "assert p.shape == (4, 10) and np.allclose(p.sum(1), 1, atol=1e-4)\n")
-  served = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, timeout=300,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-  assert served.returncode == 0, served.stderr[-3000:]
+  probabilities = serve_without_project(version, images, retrain_dir)
+  assert probabilities.shape == (4, 10)
+  np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-4)
 
 
 def test_summary_only_counts_the_benchmark_network():

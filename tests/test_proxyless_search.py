@@ -6,8 +6,6 @@ import json
 import os
 import re
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from bayesnas_tf.spaces.dag.genotype import Genotype
 from bayesnas_tf.config import PRUNE_THRESHOLD
 from bayesnas_tf.spaces.tree.genotype import TreeGenotype, trainable_params
 from bayesnas_tf.spaces.tree.space import TREE_SPACES
-from conftest import CIFAR_SUBSET, requires_shared_data, run_main
+from conftest import CIFAR_SUBSET, requires_shared_data, run_main, serve_without_project
 
 # 3 blocks (B = 1) of widths 4, 6, 8 on 32x32 CIFAR images: 2 warm-up and
 # 2 x 6 joint steps of 32 examples, one GGN Hessian batch. So few steps
@@ -120,20 +118,8 @@ def test_retrain_builds_the_derived_network_and_exports_it(pipeline):
   x = (images.astype(np.float32) / 255.0 - meta["mean"]) / meta["std"]
   expected = tf.nn.softmax(model(x, training=False)).numpy()
   # Served by a process that cannot import bayesnas_tf.
-  np.save(retrain_dir / "images.npy", images)
-  code = (
-      "import sys; sys.modules['bayesnas_tf'] = None\n"
-      "import numpy as np, tensorflow as tf\n"
-      f"m = tf.saved_model.load({str(version)!r})\n"
-      f"x = np.load({str(retrain_dir / 'images.npy')!r})\n"
-      "out = m.signatures['serving_default'](images=tf.constant(x))\n"
-      "np.save(sys.argv[1], out['probabilities'].numpy())\n")
-  out = retrain_dir / "served.npy"
-  served = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True,
-                          text=True, timeout=300,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-  assert served.returncode == 0, served.stderr[-3000:]
-  np.testing.assert_allclose(np.load(out), expected, rtol=1e-4, atol=1e-5)
+  served = serve_without_project(version, images, retrain_dir)
+  np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-5)
 
 
 def _assert_one_clear_line(result, pattern):

@@ -27,6 +27,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from bayesnas_tf.errors import ConfigError
+from bayesnas_tf.errors import GenotypeError
 
 
 class SearchSpaceFamily:
@@ -212,3 +213,17 @@ def check_registry(registry: Sequence[str], names: Sequence[str], what: str) -> 
   if tuple(registry) != tuple(names):
     raise ImportError(f"{what} registry {tuple(registry)} differs from "
                       f"op_names {tuple(names)}")
+
+
+def check_schema_version(version: Any, newest: int, kind: str = "") -> int:
+  """A genotype's schema_version, checked: a positive integer this code
+  reads (`newest` or older); GenotypeError otherwise."""
+  if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+    raise GenotypeError(
+        f"genotype schema_version must be a positive integer; received {version!r}")
+  if version > newest:
+    reads = f"{kind} " if kind else ""
+    raise GenotypeError(
+        f"genotype schema_version {version} was written by a newer bayesnas_tf "
+        f"(this one reads {reads}up to {newest}); upgrade bayesnas_tf")
+  return version

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bayesnas_tf.errors import GenotypeError
 from bayesnas_tf.io_utils import atomic_write_text, json_provenance, parse_json
+from bayesnas_tf.spaces import base
 from bayesnas_tf.spaces.dag import op_names
 
 OpInput = Tuple[str, str]  # (op name, input name)
@@ -216,16 +217,7 @@ class Genotype:
     if missing:
       raise GenotypeError(
           f"genotype is missing required field(s) {', '.join(missing)}")
-    version = d["schema_version"]
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-      raise GenotypeError(
-          f"genotype schema_version must be a positive integer; received "
-          f"{version!r}")
-    if version > cls.SCHEMA_VERSION:
-      raise GenotypeError(
-          f"genotype schema_version {version} was written by a newer "
-          f"bayesnas_tf (this one reads up to {cls.SCHEMA_VERSION}); upgrade "
-          f"bayesnas_tf")
+    base.check_schema_version(d["schema_version"], cls.SCHEMA_VERSION)
     normal = _cell_from_mapping("normal", d["normal"])
     reduce = _cell_from_mapping("reduce", d["reduce"])
     return cls(normal=normal, reduce=reduce,

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple
 
 from bayesnas_tf.errors import GenotypeError
 from bayesnas_tf.io_utils import atomic_write_text, json_provenance
+from bayesnas_tf.spaces import base
 from bayesnas_tf.spaces.nb201 import space
 
 KIND = "nb201"
@@ -166,16 +167,7 @@ class NB201Genotype:
       raise GenotypeError(
           f"unknown NB201 genotype field(s) {', '.join(map(repr, unknown))}; "
           f"valid fields are {', '.join(_FIELDS)}")
-    version = d.get("schema_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-      raise GenotypeError(
-          f"genotype schema_version must be a positive integer; received "
-          f"{version!r}")
-    if version > cls.SCHEMA_VERSION:
-      raise GenotypeError(
-          f"genotype schema_version {version} was written by a newer "
-          f"bayesnas_tf (this one reads up to {cls.SCHEMA_VERSION}); upgrade "
-          "bayesnas_tf")
+    base.check_schema_version(d.get("schema_version"), cls.SCHEMA_VERSION, KIND)
     if "arch" not in d:
       raise GenotypeError("an NB201 genotype needs the field 'arch' (the "
                           f"benchmark string, e.g. {_EXAMPLE})")

@@ -263,10 +263,6 @@ class NB201Network(_NB201Backbone):
       raise ValueError("NB201 networks train without drop path (the "
                        "benchmark's recipe); pass --drop_prob=0")
 
-  @property
-  def main_variables(self) -> List[tf.Variable]:
-    return list(self.trainable_variables)
-
   def get_config(self):
     config = super().get_config()
     config.update({"genotype": self.genotype.to_dict(),

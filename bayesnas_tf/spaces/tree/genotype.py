@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bayesnas_tf.errors import ConfigError, GenotypeError
 from bayesnas_tf.io_utils import atomic_write_text, json_provenance
+from bayesnas_tf.spaces import base
 from bayesnas_tf.spaces.tree.space import START_PLANES, TREE_SPACES, TREECELL_A
 from bayesnas_tf.spaces.tree.space import TreeCellSpec, TreeNodeSpec, block_strides
 from bayesnas_tf.spaces.tree.space import node_channels, proxyless_cell, prune_cell
@@ -183,14 +184,7 @@ class TreeGenotype:
       raise GenotypeError(f"pyramid_tree genotype is missing field(s) {', '.join(missing)}")
     if d["kind"] != KIND:
       raise GenotypeError(f"genotype kind {d['kind']!r} is not {KIND!r}")
-    version = d["schema_version"]
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-      raise GenotypeError(
-          f"genotype schema_version must be a positive integer; received {version!r}")
-    if version > cls.SCHEMA_VERSION:
-      raise GenotypeError(
-          f"genotype schema_version {version} was written by a newer bayesnas_tf "
-          f"(this one reads pyramid_tree up to {cls.SCHEMA_VERSION}); upgrade bayesnas_tf")
+    base.check_schema_version(d["schema_version"], cls.SCHEMA_VERSION, KIND)
     cells = d["cells"]
     if isinstance(cells, (str, bytes)) or not isinstance(cells, Sequence):
       raise GenotypeError(f"genotype cells must be a list; received {cells!r}")

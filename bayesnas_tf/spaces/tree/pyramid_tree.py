@@ -262,10 +262,6 @@ class PyramidTreeNet(_PyramidBackboneModel):
       raise ValueError(f"`p` must be in [0, 1). Received: p={p!r}.")
     self.drop_prob.assign(float(p))
 
-  @property
-  def main_variables(self) -> List[tf.Variable]:
-    return list(self.trainable_variables)
-
   def get_config(self):
     config = super().get_config()
     config.update({"genotype": self.genotype.to_dict(),

@@ -201,11 +201,8 @@ class TreeCell(keras.layers.Layer):
                **kwargs):
     super().__init__(**kwargs)
     self.cell_spec = TreeCellSpec.from_dict(cell_spec)
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-      raise ValueError(
-          f"`channels` must be a positive integer. Received: channels={channels!r}.")
-    if stride not in (1, 2):
-      raise ValueError(f"`stride` must be 1 or 2. Received: stride={stride!r}.")
+    init.check_positive("channels", channels)
+    init.check_stride(stride)
     if gate_kind not in GATE_KINDS:
       raise ValueError(
           f"`gate_kind` must be one of {GATE_KINDS}. Received: gate_kind={gate_kind!r}.")
