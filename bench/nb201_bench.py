@@ -55,6 +55,10 @@ FLAGS = flags.FLAGS
 VARIANTS = {
     "default": "",
     "paper": "--flagfile=" + os.path.join(ROOT, "flags", "search_nb201_paper.flags"),
+    "paper_no_bn_affine": "--flagfile=" + os.path.join(ROOT, "flags", "search_nb201_paper.flags")
+                          + " --nobn_affine",
+    "paper_batch_64": "--flagfile=" + os.path.join(ROOT, "flags", "search_nb201_paper.flags")
+                      + " --batch_size=64",
     "short_warmup": "--warmup_fraction=0.1 --warmup_epochs=1",
     "hessian_batches_8": "--hessian_batches=8",
     "bn_affine": "--bn_affine",

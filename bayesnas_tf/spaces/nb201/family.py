@@ -170,9 +170,9 @@ class NB201Family(base.SearchSpaceFamily):
 # - 3 joint epochs on the other half: the gates settle before they are judged.
 # - batch 64: 3.6x fewer steps per epoch than 18, so the longer warm-up
 #   fits the 30-minute budget on 2 cores.
-# - op_score "snr" (derive.py): w^2 over the posterior variance. gamma follows
-#   the trained gate norm, which skip wins by training faster; the snr also
-#   weighs how sharply the data pin the gate.
+# - op_score "snr" (derive.py): w^2 over the posterior variance, about what
+#   removing the op costs the loss. gamma follows the trained gate norm,
+#   which skip wins on the input edges (93.31 with gamma on the same runs).
 SEARCH_DEFAULTS: Dict[str, Any] = {
     "cells": 5, "channels": 16, "batch_size": 64, "warmup_fraction": 0.5,
     "warmup_epochs": 8, "search_epochs": 3, "op_score": "snr"}
