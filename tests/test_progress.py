@@ -179,8 +179,8 @@ def _write_one_update(logdir):
 
 
 def test_cell_diagrams_with_real_graphviz(tmp_path):
-  from bayesnas_tf.spaces.dag import visualize  # pylint: disable=import-outside-toplevel
-  reason = visualize.png_skip_reason()
+  from bayesnas_tf.spaces import pictures  # pylint: disable=import-outside-toplevel
+  reason = pictures.png_skip_reason()
   if reason is not None:
     pytest.skip(f"cell diagrams need Graphviz: {reason}")
   images = _write_one_update(tmp_path)
@@ -208,8 +208,8 @@ def test_cell_diagrams_through_graphviz_with_a_stand_in_dot(tmp_path, monkeypatc
 
 
 def test_cell_diagrams_skipped_with_one_line_without_dot(tmp_path, monkeypatch, caplog):
-  from bayesnas_tf.spaces.dag import visualize  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(visualize.shutil, "which", lambda name: None)
+  from bayesnas_tf.spaces import pictures  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(pictures.shutil, "which", lambda name: None)
   with caplog.at_level(logging.INFO, logger="absl"):
     images = _write_one_update(tmp_path)
   assert images == {}

@@ -11,6 +11,7 @@ import types
 
 import pytest
 
+from bayesnas_tf.spaces import pictures
 from bayesnas_tf.spaces.dag import visualize
 from bayesnas_tf.spaces.dag.genotype import Genotype
 from bayesnas_tf.spaces.dag.genotype import KNOWN_GENOTYPES
@@ -73,7 +74,7 @@ def test_write_dot_only_when_dot_program_missing(tmp_path, monkeypatch, caplog):
   # The graphviz Python package is an optional extra; a stand-in module makes
   # this test exercise the missing-`dot` branch whether or not it is installed.
   monkeypatch.setitem(sys.modules, "graphviz", types.ModuleType("graphviz"))
-  monkeypatch.setattr(visualize.shutil, "which", lambda name: None)
+  monkeypatch.setattr(pictures.shutil, "which", lambda name: None)
   genotype = KNOWN_GENOTYPES["bayesnas_l0.007"]
   out_dir = tmp_path / "cells"
   with caplog.at_level(logging.INFO, logger="absl"):
@@ -100,7 +101,7 @@ def test_write_dot_only_when_graphviz_package_missing(tmp_path, monkeypatch,
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, "__import__", fake_import)
-  monkeypatch.setattr(visualize.shutil, "which", lambda name: "/usr/bin/dot")
+  monkeypatch.setattr(pictures.shutil, "which", lambda name: "/usr/bin/dot")
   with caplog.at_level(logging.INFO, logger="absl"):
     paths = visualize.write_cell_pictures(KNOWN_GENOTYPES["bayesnas_l0.01"],
                                           tmp_path)
@@ -118,7 +119,7 @@ def test_write_pngs_when_graphviz_available(tmp_path, monkeypatch):
     rendered.append((self.source, format))
     return b"\x89PNG fake"
 
-  monkeypatch.setattr(visualize.shutil, "which", lambda name: "/usr/bin/dot")
+  monkeypatch.setattr(pictures.shutil, "which", lambda name: "/usr/bin/dot")
   monkeypatch.setattr(graphviz.Source, "pipe", fake_pipe)
   genotype = KNOWN_GENOTYPES["bayesnas_l0.005"]
   paths = visualize.write_cell_pictures(genotype, tmp_path)
@@ -135,7 +136,7 @@ def test_render_failure_keeps_dot_files(tmp_path, monkeypatch, caplog):
   def failing_pipe(self, format=None, **kwargs):  # pylint: disable=redefined-builtin
     raise RuntimeError("dot crashed")
 
-  monkeypatch.setattr(visualize.shutil, "which", lambda name: "/usr/bin/dot")
+  monkeypatch.setattr(pictures.shutil, "which", lambda name: "/usr/bin/dot")
   monkeypatch.setattr(graphviz.Source, "pipe", failing_pipe)
   with caplog.at_level(logging.WARNING, logger="absl"):
     paths = visualize.write_cell_pictures(KNOWN_GENOTYPES["bayesnas_l0.01"],
