@@ -17,7 +17,6 @@ Variants (--variants, comma-separated; `name=FLAGS` adds your own, flags
 separated by spaces):
 """
 
-import csv
 import json
 import os
 import shlex
@@ -90,7 +89,6 @@ ANCHORS = (
 def rederived(model_dir: str, table: dict) -> dict:
   """op score -> (cell, table accuracy) derived from the run's own
   posterior.json and kept masks: the op-score ablation at no extra search."""
-  sys.path.insert(0, ROOT)
   from bayesnas_tf.spaces.nb201 import derive, space  # pylint: disable=g-import-not-at-top
   with open(os.path.join(model_dir, "posterior.json")) as f:
     groups = json.load(f)["groups"]
@@ -112,13 +110,6 @@ def rederived(model_dir: str, table: dict) -> dict:
     cell = derive.derive_nb201_genotype(kept, derive.op_scores(arrays, score)).arch
     out[score] = (cell, table.get(cell))
   return out
-
-
-def load_table(path: str) -> dict:
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
-  column = next(c for c in rows[0] if c != "arch")
-  return {row["arch"]: float(row[column]) for row in rows}
 
 
 def variant_flags(name: str) -> list:
@@ -162,7 +153,9 @@ def run_search(name: str, extra: list, seed: int) -> dict:
 
 def main(argv):
   del argv
-  accuracy_of = load_table(FLAGS.table)
+  sys.path.insert(0, ROOT)
+  from bayesnas_tf.search.benchmark_table import BenchmarkTable  # pylint: disable=g-import-not-at-top
+  accuracy_of = BenchmarkTable.load(FLAGS.table).accuracies
   table = {}
   scores = {}
   for spec in FLAGS.variants:
