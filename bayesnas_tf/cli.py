@@ -194,6 +194,9 @@ flags.DEFINE_integer("retrain_channels", None, "Channels of every study retrain.
 flags.DEFINE_integer("retrain_epochs", None, "Epochs of every study retrain.")
 flags.DEFINE_float("retrain_learning_rate", None, "Learning rate of every study retrain.")
 flags.DEFINE_integer("retrain_batch_size", None, "Batch size of every study retrain.")
+flags.DEFINE_list("study_parts", None,
+                  "Merge the study.json of these study folders (run apart, e.g. one "
+                  "--seed each) into --model_dir instead of running a study.")
 
 # --- export -----------------------------------------------------------------
 flags.DEFINE_bool("export", None, "Export a SavedModel at the end of training.")

@@ -132,3 +132,117 @@ def test_study_resumes_without_redoing_finished_runs(tiny_study):
   assert refused.returncode != 0
   assert refused.stderr.strip().splitlines()[-1].startswith("error:")
   assert path.read_text() == before
+
+
+# --- studies run apart, merged with --study_parts ---------------------------
+SCHEDULE = {"cells": 6, "channels": 12, "epochs": 4, "learning_rate": 0.05,
+            "batch_size": 64}
+
+
+def write_part(folder, seed, accuracies, schedule=None, released=False):
+  """A study.json as one `--seed=SEED --study_seeds=1` study writes it."""
+  names = [f"searched_seed{seed}"] + [f"random_seed{seed}_{j}"
+                                      for j in range(len(accuracies) - 1)]
+  groups = ["searched"] + ["random"] * (len(accuracies) - 1)
+  if released:
+    names, groups = names + ["released_bayesnas_l0.01"], groups + ["released"]
+    accuracies = list(accuracies) + [0.48]
+  runs = [dataclasses.asdict(study_lib.RunRecord(
+      name, group, seed, {"normal": [], "reduce": []}, {"normal": 5, "reduce": 6},
+      1000 + 10 * i, acc, 60.0, str(folder / "runs" / name)))
+          for i, (name, group, acc) in enumerate(zip(names, groups, accuracies))]
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / "study.json").write_text(json.dumps({
+      "schema_version": study_lib.STUDY_SCHEMA_VERSION, "dataset": "npz:x.npz",
+      "schedule": dict(schedule or SCHEDULE, seed=seed), "runs": runs,
+      "summary": {}}))
+  return folder
+
+
+def merge_config(model_dir, parts):
+  from bayesnas_tf import config as config_lib
+  return config_lib.config_from_values("study", {
+      "model_dir": str(model_dir), "study_parts": [str(p) for p in parts]})
+
+
+def test_merge_studies_pools_the_parts(tmp_path):
+  parts = [write_part(tmp_path / "s0", 0, [0.50, 0.55, 0.53], released=True),
+           write_part(tmp_path / "s1", 1, [0.60, 0.52, 0.54]),
+           write_part(tmp_path / "s2", 2, [0.58, 0.51, 0.57])]
+  result = study_lib.merge_studies(merge_config(tmp_path / "merged", parts))
+  merged = json.loads((tmp_path / "merged" / "study.json").read_text())
+  assert [r["name"] for r in merged["runs"]] == [
+      "searched_seed0", "random_seed0_0", "random_seed0_1", "released_bayesnas_l0.01",
+      "searched_seed1", "random_seed1_0", "random_seed1_1",
+      "searched_seed2", "random_seed2_0", "random_seed2_1"]
+  assert merged["schedule"] == dict(SCHEDULE, seeds=[0, 1, 2])
+  assert merged["parts"] == [str(p) for p in parts]
+  searched = merged["summary"]["searched"]
+  assert searched["runs"] == 3
+  assert searched["accuracy_mean"] == pytest.approx(np.mean([0.50, 0.60, 0.58]))
+  assert searched["accuracy_std"] == pytest.approx(np.std([0.50, 0.60, 0.58], ddof=1))
+  assert merged["summary"]["random"]["accuracy_mean"] == pytest.approx(
+      np.mean([0.55, 0.53, 0.52, 0.54, 0.51, 0.57]))
+  assert merged["summary"]["released"]["runs"] == 1
+  assert result.summary == merged["summary"]
+  assert (tmp_path / "merged" / "config.json").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "schedule", "dataset", "twice",
+                                  "itself", "schema"])
+def test_merge_studies_refuses_parts_that_cannot_share_a_table(tmp_path, case):
+  from bayesnas_tf.errors import ConfigError
+  first = write_part(tmp_path / "s0", 0, [0.5, 0.6], released=True)
+  target = tmp_path / "merged"
+  if case == "missing":
+    second, expected = tmp_path / "nothing", "holds no study.json"
+  elif case == "schedule":
+    second = write_part(tmp_path / "s1", 1, [0.5, 0.6], dict(SCHEDULE, epochs=5))
+    expected = "schedule.epochs: 4 -> 5"
+  elif case == "dataset":
+    second = write_part(tmp_path / "s1", 1, [0.5, 0.6])
+    study = json.loads((second / "study.json").read_text())
+    (second / "study.json").write_text(json.dumps(dict(study, dataset="digits")))
+    expected = "dataset: 'npz:x.npz' -> 'digits'"
+  elif case == "twice":
+    second = write_part(tmp_path / "s1", 1, [0.5, 0.6], released=True)
+    expected = "run released_bayesnas_l0.01 is in both"
+  elif case == "itself":
+    second, target, expected = first, first, "is --model_dir itself"
+  else:
+    second = write_part(tmp_path / "s1", 1, [0.5, 0.6])
+    study = json.loads((second / "study.json").read_text())
+    (second / "study.json").write_text(json.dumps(dict(study, schema_version=99)))
+    expected = "schema_version 99"
+  before = (first / "study.json").read_text()
+  with pytest.raises(ConfigError, match=expected):
+    study_lib.merge_studies(merge_config(target, [first, second]))
+  assert (first / "study.json").read_text() == before
+  if case != "itself":
+    assert not target.exists()      # refused before anything is written
+
+
+def test_study_parts_from_the_command_line(tiny_study, tmp_path):
+  model_dir, _ = tiny_study
+  # The tiny study is one part; a second part as a --seed=1 study would
+  # write it (same dataset and schedule, no released row).
+  study = json.loads((model_dir / "study.json").read_text())
+  second = tmp_path / "seed1"
+  second.mkdir()
+  rows = [dict(r, name=r["name"].replace("seed0", "seed1"), search_seed=1,
+               test_accuracy=0.25)
+          for r in study["runs"] if r["group"] != "released"]
+  (second / "study.json").write_text(json.dumps(dict(
+      study, runs=rows, schedule=dict(study["schedule"], seed=1))))
+  merged = tmp_path / "merged"
+  result = run_main("--mode=study", f"--study_parts={model_dir},{second}",
+                    f"--model_dir={merged}", "--noprogress")
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = json.loads((merged / "study.json").read_text())
+  assert len(table["runs"]) == 5 and table["summary"]["searched"]["runs"] == 2
+  assert "searched_seed1" in result.stdout and "group" in result.stdout
+  refused = run_main("--mode=study", f"--study_parts={model_dir},{tmp_path / 'none'}",
+                     f"--model_dir={tmp_path / 'other'}", "--noprogress")
+  assert refused.returncode == 1
+  assert refused.stderr.strip().splitlines()[-1].startswith("error: --study_parts:")
+  assert not (tmp_path / "other").exists()

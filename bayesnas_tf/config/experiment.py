@@ -90,7 +90,7 @@ class ExperimentConfig:
         raise ConfigError(
             f"unknown field(s) {sorted(unknown)} in configuration section {key!r}")
       section = dict(value)
-      for name in ("primitives", "groups", "study_reference"):
+      for name in ("primitives", "groups", "study_reference", "study_parts"):
         if name in section:
           section[name] = tuple(section[name])
       kwargs[key] = section_cls(**section)

@@ -24,6 +24,10 @@ class StudyConfig:
     study_reference: released genotypes retrained as reference rows.
     retrain_cells, retrain_channels, retrain_epochs, retrain_learning_rate,
       retrain_batch_size: the shared retraining schedule.
+    study_parts: folders of studies run apart (each its own --seed and
+      --study_seeds, e.g. one per core or per GPU) whose study.json files are
+      merged into this study's folder instead of running anything; they must
+      share the dataset and the retraining schedule (seeds aside).
   """
   study_seeds: int = 3
   random_per_seed: int = 2
@@ -33,6 +37,7 @@ class StudyConfig:
   retrain_epochs: int = 10
   retrain_learning_rate: float = 0.05
   retrain_batch_size: int = 64
+  study_parts: Tuple[str, ...] = ()
 
   def validate(self) -> None:
     check_positive("study_seeds", self.study_seeds)

@@ -24,6 +24,13 @@ random from the same space with the same number of ops. One study:
 Every run has its own model_dir under the study's, with its checkpoints; a
 finished run is recorded in study.json at once, so a study that stops
 resumes with the run it was in (which itself resumes from its checkpoint).
+
+A study's seeds can also run apart, as one-seed studies side by side (a
+process per core or per GPU: `--seed=s --study_seeds=1`, each in its own
+folder); `study_parts` then merges their study.json files into one table
+(`merge_studies`), refusing parts that differ in dataset or schedule. Each
+part retrains with its own seed, so a searched cell is still compared with
+random cells trained exactly as it was.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from absl import logging
 import numpy as np
 
 from bayesnas_tf.config import ExperimentConfig
+from bayesnas_tf.errors import ConfigError
 from bayesnas_tf.io_utils import atomic_write_bytes
 from bayesnas_tf.io_utils import atomic_write_text
 from bayesnas_tf.modes import search as search_mode
@@ -281,8 +289,92 @@ class Study:
     return StudyResult(self.model_dir, self.study_path, runs, summary, plot)
 
 
+def _read_part(path: str) -> Dict[str, Any]:
+  study_path = os.path.join(path, STUDY_FILE)
+  if not os.path.exists(study_path):
+    raise ConfigError(f"--study_parts: {path} holds no {STUDY_FILE} (no run of "
+                      "that study has finished yet, or it is not a study folder)")
+  try:
+    with open(study_path, encoding="utf-8") as f:
+      data = json.load(f)
+    schedule, runs = dict(data["schedule"]), list(data["runs"])
+    dataset = data["dataset"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"--study_parts: {study_path} cannot be read as a study "
+                      f"({type(e).__name__}: {e})") from e
+  if data.get("schema_version") != STUDY_SCHEMA_VERSION:
+    raise ConfigError(f"--study_parts: {study_path} has schema_version "
+                      f"{data.get('schema_version')!r}; this version reads "
+                      f"{STUDY_SCHEMA_VERSION}")
+  return {"dataset": dataset, "schedule": schedule, "runs": runs}
+
+
+def merge_studies(config: ExperimentConfig, flags_text: str = "") -> StudyResult:
+  """Merges the study.json of `config.study.study_parts` into model_dir.
+
+  The parts must agree on the dataset and on the retraining schedule apart
+  from its seed; a run name found in two parts (the same search seed, or the
+  released rows of --study_reference retrained in each) is refused, since
+  the table would count it twice.
+  """
+  model_dir = config.runtime.model_dir
+  parts = config.study.study_parts
+  target = os.path.realpath(model_dir)
+  first_path, first = None, None
+  seeds, runs, owner = [], {}, {}
+  for path in parts:
+    if os.path.realpath(path) == target:
+      raise ConfigError(f"--study_parts: {path} is --model_dir itself; merge "
+                        "into a new folder")
+    part = _read_part(path)
+    schedule = dict(part["schedule"])
+    seeds.append(schedule.pop("seed", None))
+    if first is None:
+      first_path, first = path, {"dataset": part["dataset"], "schedule": schedule}
+    else:
+      found = run_dir.differences(
+          first, {"dataset": part["dataset"], "schedule": schedule})
+      if found:
+        raise ConfigError(f"--study_parts: {path} was not run like {first_path} "
+                          f"({'; '.join(found)}), so their runs cannot share a "
+                          "table")
+    for row in part["runs"]:
+      name = row.get("name")
+      if name in runs:
+        raise ConfigError(
+            f"--study_parts: run {name} is in both {owner[name]} and {path}; "
+            "give each part its own --seed, and retrain --study_reference in "
+            "one part only (--study_reference= in the others)")
+      try:
+        runs[name] = RunRecord(**row)
+      except TypeError as e:
+        raise ConfigError(f"--study_parts: a run of {path} cannot be read "
+                          f"({e})") from e
+      owner[name] = path
+    logging.info("study: part %s: %d runs (seed %s)", path, len(part["runs"]),
+                 seeds[-1])
+  # Every part is read and checked before the folder is touched.
+  run_dir.check_model_dir(config)
+  run_dir.write_run_files(config, flags_text)
+  records = tuple(runs.values())
+  summary = summarize(records)
+  study_path = os.path.join(model_dir, STUDY_FILE)
+  atomic_write_text(study_path, json.dumps({
+      "schema_version": STUDY_SCHEMA_VERSION,
+      "dataset": first["dataset"],
+      "schedule": dict(first["schedule"], seeds=seeds),
+      "parts": [os.path.abspath(p) for p in parts],
+      "runs": [dataclasses.asdict(r) for r in records],
+      "summary": summary,
+  }, indent=2, sort_keys=True))
+  plot = save_plot(records, os.path.join(model_dir, PLOT_FILE))
+  return StudyResult(model_dir, study_path, records, summary, plot)
+
+
 def run_study(config: ExperimentConfig, flags_text: str = "") -> StudyResult:
   """--mode=study: see the module doc."""
+  if config.study.study_parts:
+    return merge_studies(config, flags_text)
   run_dir.check_model_dir(config)
   run_dir.write_run_files(config, flags_text)
   return Study(config, flags_text).run()
