@@ -3,6 +3,7 @@ resumes without redoing finished runs (the real study is not run by CI)."""
 
 import dataclasses
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -246,3 +247,29 @@ def test_study_parts_from_the_command_line(tiny_study, tmp_path):
   assert refused.returncode == 1
   assert refused.stderr.strip().splitlines()[-1].startswith("error: --study_parts:")
   assert not (tmp_path / "other").exists()
+
+
+def test_study_flag_file_with_the_nb201_settings(monkeypatch):
+  """The carried-back study is the CPU study with four search settings
+  changed and nothing else (its nested flag file is read from the root)."""
+  from bayesnas_tf import cli
+  root = pathlib.Path(__file__).resolve().parents[1]
+  monkeypatch.chdir(root)
+  configs = {}
+  for name in ("study_cifar10_cpu", "study_cifar10_cpu_nb201"):
+    try:
+      cli.FLAGS(["main.py", f"--flagfile=flags/{name}.flags"])
+      configs[name] = cli.build_config()
+    finally:
+      cli.FLAGS.unparse_flags()
+  base, nb201 = configs["study_cifar10_cpu"], configs["study_cifar10_cpu_nb201"]
+  assert (nb201.search.warmup_fraction, nb201.search.warmup_epochs,
+          nb201.search.search_epochs, nb201.data.batch_size) == (0.5, 8, 3, 64)
+  assert (base.search.warmup_fraction, base.search.warmup_epochs,
+          base.search.search_epochs, base.data.batch_size) == (0.2, 1, 1, 32)
+  changed = dataclasses.replace(
+      nb201, data=dataclasses.replace(nb201.data, batch_size=32),
+      search=dataclasses.replace(
+          nb201.search, warmup_fraction=0.2, warmup_epochs=1, search_epochs=1),
+      runtime=dataclasses.replace(nb201.runtime, model_dir=base.runtime.model_dir))
+  assert changed == base
