@@ -21,14 +21,13 @@ Scores, for a group (one edge and op across the n cells of the type):
   group: how many posterior standard deviations the gates lie from zero,
   the evidence that the op is not the zero op. It is
   sum (w_i^2 / gamma + w_i^2 H_i / lambda), and the second term dominates
-  (H_i / lambda is 2e3-2e4 against 1/gamma of 3-25 for the kept ops of
-  the NB201 runs):
-  twice the second-order increase of the loss when the op is removed
-  (Optimal Brain Damage's saliency), in units of lambda. Unlike gamma (which for
-  large H' tends to the RMS of the gates) it is unchanged when an op's
-  output is scaled by c and its gate by 1/c (H grows by c^2, C shrinks by
-  1/c^2), so an op whose own weights carry its scale is not judged by the
-  small gate that is left.
+  (H_i / lambda is 2e3-2e4 against 1/gamma of 3-25 for the kept ops of the
+  NB201 runs); that term is twice the second-order increase of the loss when
+  the op is removed (Optimal Brain Damage's saliency), in units of lambda.
+  Unlike gamma (which for large H' tends to the RMS of the gates) it is
+  unchanged when an op's output is scaled by c and its gate by 1/c (H grows
+  by c^2, C shrinks by 1/c^2), so an op whose own weights carry its scale is
+  not judged by the small gate that is left.
 * `w`: the gate norm ||w_g|| alone (what DARTS-like methods rank by).
 """
 
